@@ -1,0 +1,305 @@
+"""AsyncWorkerPool: the same bounded pool for coroutine functions, on one asyncio loop.
+
+Same config, policies, statuses, records and metrics as :class:`WorkerPool`.
+Unlike threads, a coroutine can be stopped: a job that outlives
+``job_timeout`` is cancelled for real and frees its worker at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pandas as pd
+
+from poolsim.config import Backpressure, PoolConfig, ShutdownPolicy
+from poolsim.errors import JobTimeout, PoolClosed, QueueFull
+from poolsim.jobs import Job, _current
+from poolsim.ledger import (
+    CANCELLED,
+    COMPLETED,
+    DROPPED,
+    FAILED,
+    RETURNED,
+    TIMEOUT,
+    Ledger,
+    PoolObserver,
+    PoolStats,
+)
+from poolsim.shutdown import ShutdownReport
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from poolsim.metrics import PoolMetrics
+
+__all__ = ["AsyncWorkerPool"]
+
+T = TypeVar("T")
+
+
+class AsyncWorkerPool:
+    """``workers`` asyncio tasks behind a bounded queue of coroutine jobs.
+
+    >>> import asyncio
+    >>> from poolsim import AsyncWorkerPool
+    >>> async def main():
+    ...     async with AsyncWorkerPool(workers=2, queue_size=10) as pool:
+    ...         handle = await pool.submit(asyncio.sleep, 0, "done")
+    ...         return await handle
+    >>> asyncio.run(main())
+    'done'
+
+    ``submit`` is a coroutine because ``block`` and ``caller_runs`` make the
+    submitter wait; it returns an ``asyncio.Future`` to await for the result.
+    Workers start on the first ``submit`` (or ``async with``), on the running loop.
+    """
+
+    def __init__(
+        self,
+        config: PoolConfig | None = None,
+        *,
+        name: str = "default",
+        record: bool = False,
+        registry: CollectorRegistry | PoolMetrics | None = None,
+        observers: Iterable[PoolObserver] = (),
+        **options: Any,
+    ) -> None:
+        if config is None:
+            config = PoolConfig(**options)
+        elif options:
+            config = config.replace(**options)
+        self.config = config
+        self.name = name
+        observers = list(observers)
+        if registry is not None:
+            from poolsim.metrics import PoolMetrics
+
+            if not isinstance(registry, PoolMetrics):
+                registry = PoolMetrics.for_registry(registry)
+            observers.append(registry.attach(self))
+        self._idle = asyncio.Event()
+        self._ledger = Ledger(name, record=record, workers=config.workers, idle=self._idle,
+                              observers=observers)
+        self._capacity = math.inf if config.capacity is None else config.capacity
+        self._queue: deque[Job] = deque()
+        self._tokens = asyncio.Semaphore(0)  # one per queued job, + exit tokens
+        self._on_workers = 0  # queued + held by a worker: what capacity limits
+        self._room_waiters: deque[asyncio.Future[None]] = deque()  # blocked submitters
+        self._tasks: dict[int, asyncio.Task[Any]] = {}  # job id -> the task running it
+        self._workers: list[asyncio.Task[None]] = []
+        self._ids = itertools.count()
+
+    # -- submitting ---------------------------------------------------------
+
+    async def submit(self, fn: Callable[..., Awaitable[T]], /, *args: Any,
+                     task_type: str = "default", **kwargs: Any) -> asyncio.Future[T]:
+        """Queue ``fn(*args, **kwargs)``; return a future of its result.
+
+        Back-pressure as in :meth:`WorkerPool.submit`: ``reject`` raises
+        :class:`QueueFull`, ``block`` waits up to ``block_timeout``,
+        ``drop_oldest`` evicts the oldest queued job, ``caller_runs`` awaits
+        the job in the submitting task. :class:`PoolClosed` after shutdown.
+        """
+        if self._ledger.closed:
+            raise PoolClosed(self.name)
+        self._start()
+        handle: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        job = Job(next(self._ids), task_type, fn, args, kwargs, handle, time.monotonic())
+        policy = self.config.backpressure
+        if self._on_workers < self._capacity or (
+            policy is Backpressure.BLOCK and await self._wait_for_room()
+        ):
+            self._admit(job)
+        elif policy is Backpressure.DROP_OLDEST and self._queue:
+            victim = self._queue.popleft()  # its place and wake-up token pass to the job
+            self._ledger.undecided[job.job_id] = job
+            self._queue.append(job)
+            self._ledger.settle([victim], DROPPED)
+        elif policy is Backpressure.CALLER_RUNS:
+            job.worker = -1
+            self._ledger.undecided[job.job_id] = job
+            self._ledger.running[job.job_id] = job
+            await self._run(job, None)
+        else:
+            self._ledger.reject(job)
+            raise QueueFull(self.name, self.config.capacity, policy.value)
+        return handle
+
+    def _admit(self, job: Job) -> None:
+        self._on_workers += 1
+        self._ledger.undecided[job.job_id] = job
+        self._queue.append(job)
+        self._tokens.release()
+
+    async def _wait_for_room(self) -> bool:
+        """``block``: wait up to ``block_timeout`` for room; False if none came."""
+        timeout = self.config.block_timeout
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        while self._on_workers >= self._capacity:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            waiter = asyncio.get_running_loop().create_future()
+            self._room_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, None if left == math.inf else left)
+            except TimeoutError:
+                return False
+            finally:
+                if waiter in self._room_waiters:
+                    self._room_waiters.remove(waiter)
+            if self._ledger.closed:
+                raise PoolClosed(self.name)
+        return True
+
+    # -- running --------------------------------------------------------------
+
+    def _start(self) -> None:
+        if not self._workers:
+            self._workers = [asyncio.create_task(self._work(i), name=f"poolsim-{self.name}-{i}")
+                             for i in range(self.config.workers)]
+
+    async def _work(self, index: int) -> None:
+        """A worker task: take a job per token until the pool closes and the queue is empty."""
+        while True:
+            await self._tokens.acquire()
+            if not self._queue:  # its job was taken by shutdown, or this is an exit token
+                if self._ledger.closed:
+                    return
+                continue
+            job = self._queue.popleft()
+            job.worker = index
+            self._ledger.running[job.job_id] = job
+            await self._run(job, index)
+
+    async def _run(self, job: Job, index: int | None) -> None:
+        """Run a job in this task, with its timeout; settle its future."""
+        if job.handle.cancelled():  # cancelled by the caller while queued
+            self._release(job, CANCELLED, None, index)
+            return
+        job.start = time.monotonic()
+        timeout = self.config.job_timeout
+        if timeout is not None:
+            job.deadline = job.start + timeout
+        for observer in self._ledger.observers:
+            observer.job_started(job)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks[job.job_id] = task
+        token = _current.set(job)
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                result = await job.fn(*job.args, **job.kwargs)
+        except asyncio.CancelledError:
+            if not job.cancelled.is_set():
+                raise  # cancelled from outside the pool: not ours to swallow
+            task.uncancel()  # our immediate shutdown cancelled it; the outcome is recorded
+            self._release(job, CANCELLED, None, index)
+        except TimeoutError as exc:
+            if scope.expired():
+                job.cancelled.set()
+                self._release(job, TIMEOUT, JobTimeout(job.job_id, timeout or 0.0), index)
+            else:
+                self._release(job, FAILED, exc, index)
+        except BaseException as exc:  # the future carries it
+            self._release(job, FAILED, exc, index)
+            if not isinstance(exc, Exception):
+                raise  # KeyboardInterrupt, SystemExit: recorded, and still stop the loop
+        else:
+            self._release(job, COMPLETED, result, index)
+        finally:
+            _current.reset(token)
+            del self._tasks[job.job_id]
+
+    def _release(self, job: Job, status: str, value: Any, index: int | None) -> None:
+        """The job's coroutine ended: free its place, resolve it if still open."""
+        if index is not None:
+            self._on_workers -= 1
+            while self._room_waiters:
+                waiter = self._room_waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    break
+        if self._ledger.release(job, status, index) and not job.handle.cancelled():
+            if status is COMPLETED:
+                job.handle.set_result(value)
+            elif status is not CANCELLED:
+                job.handle.set_exception(value)
+
+    # -- observing ----------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        """A snapshot: queued, running, counts by status."""
+        return self._ledger.stats(self.config.workers, len(self._queue))
+
+    def records(self) -> pd.DataFrame:
+        """The jobs frame of every decided job (needs ``record=True``)."""
+        return self._ledger.records()
+
+    # -- shutting down ------------------------------------------------------------
+
+    async def shutdown(self, policy: ShutdownPolicy | str | None = None,
+                       timeout: float | None = None) -> ShutdownReport:
+        """Stop accepting jobs and wind down, as :meth:`WorkerPool.shutdown` does.
+
+        ``immediate`` cancels running coroutines for real.
+        """
+        policy = ShutdownPolicy(self.config.shutdown if policy is None else policy)
+        if timeout is None:
+            timeout = self.config.shutdown_timeout
+        began = time.monotonic()
+        ledger = self._ledger
+        if not ledger.closed:
+            ledger.closed = True
+            for _ in self._workers:
+                self._tokens.release()
+            for waiter in self._room_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        in_pool = ledger.in_pool()
+        queued = [] if policy is ShutdownPolicy.DRAIN else self._take_queued()
+        if policy is ShutdownPolicy.IMMEDIATE:
+            running = [job for job in ledger.running.values() if job.status is None]
+            cancelled = ledger.settle(queued + running, CANCELLED)
+            for job in cancelled:
+                if job.job_id in self._tasks:
+                    self._tasks[job.job_id].cancel()
+            returned = []
+        else:
+            cancelled = []
+            returned = ledger.settle(queued, RETURNED)
+        ledger.check_idle()
+        if timeout is None or timeout == math.inf:
+            await self._idle.wait()
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout)
+        returned += ledger.settle(self._take_queued(), RETURNED)  # queued at the deadline
+        return ledger.report(policy, in_pool, returned, cancelled, began)
+
+    def _take_queued(self) -> list[Job]:
+        taken = list(self._queue)
+        self._queue.clear()
+        self._on_workers -= len(taken)
+        return taken
+
+    async def __aenter__(self) -> AsyncWorkerPool:
+        self._start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.shutdown(ShutdownPolicy.DRAIN)
+
+    def __repr__(self) -> str:
+        s = self.stats()
+        return (f"<AsyncWorkerPool {self.name!r} workers={s.workers} queued={s.queued} "
+                f"running={s.running} closed={s.closed}>")

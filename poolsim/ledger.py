@@ -1,0 +1,238 @@
+"""The books of one pool: open and running jobs, outcomes, records, and lifecycle hooks.
+
+The core never imports its observers: ``metrics.py`` subscribes through the
+:class:`PoolObserver` hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import InvalidStateError
+from typing import Protocol
+
+import pandas as pd
+
+from poolsim.config import ShutdownPolicy
+from poolsim.errors import ConfigError, JobCancelled, JobDropped, JobReturned
+from poolsim.jobs import Job
+from poolsim.records import STATUSES, Status, jobs_frame
+from poolsim.shutdown import ReturnedJob, ShutdownReport
+
+__all__ = ["Ledger", "PoolObserver", "PoolStats"]
+
+COMPLETED, FAILED, TIMEOUT, REJECTED, DROPPED, CANCELLED, RETURNED = (
+    Status.COMPLETED.value, Status.FAILED.value, Status.TIMEOUT.value, Status.REJECTED.value,
+    Status.DROPPED.value, Status.CANCELLED.value, Status.RETURNED.value)
+_ERROR_FOR = {DROPPED: JobDropped, RETURNED: JobReturned, CANCELLED: JobCancelled}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A snapshot of a pool at one moment.
+
+    ``running`` counts functions still executing, including ``overdue`` ones:
+    jobs already resolved as ``timeout`` or ``cancelled`` whose function has
+    not returned yet and so still holds a worker. ``counts`` are decided
+    outcomes by status.
+    """
+
+    queue: str
+    workers: int
+    queued: int
+    running: int
+    busy_workers: int
+    overdue: int
+    counts: Mapping[str, int]
+    closed: bool
+
+
+class PoolObserver(Protocol):
+    """Hooks a pool calls as jobs move; ``metrics.py`` implements them."""
+
+    def job_started(self, job: Job) -> None:
+        """The job's function is about to run (``job.start`` is set)."""
+
+    def job_resolved(self, job: Job) -> None:
+        """The job's outcome is decided (``job.status`` and ``job.end`` are set)."""
+
+    def job_released(self, job: Job, duration: float) -> None:
+        """The job's function returned after ``duration`` seconds, freeing its worker."""
+
+
+class Idle(Protocol):
+    """The event a pool's shutdown waits on: ``threading.Event`` or ``asyncio.Event``."""
+
+    def set(self) -> None: ...
+
+
+class Ledger:
+    """The books of one pool: which jobs are open or running, their outcomes, and who is told.
+
+    Shared by the thread and asyncio pools so both count, record, notify and
+    report identically. Built for threads without a hot lock: deciding a job
+    is one atomic ``dict.pop`` on ``undecided`` (exactly one caller wins), and
+    each worker thread counts into its own dict; every other writer shares one
+    under a lock.
+    """
+
+    def __init__(self, queue: str, *, record: bool, workers: int, idle: Idle,
+                 observers: Iterable[PoolObserver] = ()) -> None:
+        self.queue = queue
+        self.t0 = time.monotonic()
+        self.observers = list(observers)
+        self.undecided: dict[int, Job] = {}  # admitted jobs whose outcome is open
+        self.running: dict[int, Job] = {}  # functions executing, on workers or callers
+        self.closed = False
+        self._idle = idle
+        self._per_worker = [dict.fromkeys(STATUSES, 0) for _ in range(workers)]
+        self._shared = dict.fromkeys(STATUSES, 0)
+        self._shared_lock = threading.Lock()
+        self._rows: list[tuple[object, ...]] | None = [] if record else None
+
+    # -- deciding ---------------------------------------------------------------
+
+    def resolve(self, job: Job, status: str, now: float, worker: int | None = None) -> bool:
+        """Decide a job's outcome once; False if it was already decided.
+
+        ``worker`` is the index of the calling worker thread, if it is one.
+        """
+        if self.undecided.pop(job.job_id, None) is None:
+            return False
+        self._book(job, status, now, worker)
+        return True
+
+    def release(self, job: Job, status: str, worker: int | None) -> bool:
+        """The job's function returned (or never ran): resolve it if still open, free it.
+
+        Returns whether this call decided it, so the caller settles the result.
+        """
+        now = time.monotonic()
+        decided = self.resolve(job, status, now, worker)
+        del self.running[job.job_id]  # after resolve: a job is always undecided or running
+        job.released = True
+        self.check_idle()
+        if self.observers:
+            if decided:
+                self.notify_resolved(job)
+            if job.start == job.start:  # not NaN: the function ran
+                for observer in self.observers:
+                    observer.job_released(job, now - job.start)
+        return decided
+
+    def decide(self, job: Job, status: str) -> bool:
+        """Resolve a job from outside its function (drop, timeout, shutdown)."""
+        if status is not TIMEOUT and job.handle.cancelled():
+            status = CANCELLED  # the caller cancelled it first
+        if not self.resolve(job, status, time.monotonic()):
+            return False
+        self.check_idle()
+        self.notify_resolved(job)
+        return True
+
+    def settle(self, jobs: Iterable[Job], status: str) -> list[Job]:
+        """Decide jobs taken from the pool, ask them to stop, fail their handles.
+
+        Returns those decided as ``status`` (a caller may have cancelled some).
+        """
+        decided = [job for job in jobs if self.decide(job, status)]
+        for job in decided:
+            job.cancelled.set()
+            fail(job, _ERROR_FOR[status](job.job_id))
+        return [job for job in decided if job.status is status]
+
+    def reject(self, job: Job) -> None:
+        """Record a job refused at the door (and withdrawn, if it was briefly admitted)."""
+        self.undecided.pop(job.job_id, None)
+        self._book(job, REJECTED, time.monotonic(), None)
+        self.check_idle()
+        self.notify_resolved(job)
+
+    def _book(self, job: Job, status: str, now: float, worker: int | None) -> None:
+        job.status = status
+        job.end = now
+        if worker is None:
+            with self._shared_lock:
+                self._shared[status] += 1
+        else:
+            self._per_worker[worker][status] += 1
+        if self._rows is not None:
+            self._rows.append((job.job_id, job.task_type, self.queue, job.arrival, job.start,
+                               now, status, job.worker, job.attempt))
+
+    def notify_resolved(self, job: Job) -> None:
+        """Tell observers a job's outcome is decided."""
+        for observer in self.observers:
+            observer.job_resolved(job)
+
+    def check_idle(self) -> None:
+        """After a job left ``undecided`` or ``running``: signal shutdown if nothing is left.
+
+        Shutdown sets ``closed`` before it looks; we removed before we look at
+        ``closed``: one of the two sees the other, so the signal is never missed.
+        """
+        if self.closed and not self.undecided and not self.running:
+            self._idle.set()
+
+    # -- reading ----------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Decided jobs by status, every status present."""
+        with self._shared_lock:
+            total = dict(self._shared)
+        for counts in self._per_worker:
+            for status, n in counts.items():
+                total[status] += n
+        return total
+
+    def stats(self, workers: int, queued: int) -> PoolStats:
+        """A snapshot of the pool for ``stats()``."""
+        running = list(self.running.copy().values())
+        return PoolStats(
+            queue=self.queue,
+            workers=workers,
+            queued=queued,
+            running=len(running),
+            busy_workers=sum(1 for job in running if job.worker != -1),
+            overdue=sum(1 for job in running if job.status is not None),
+            counts=self.counts(),
+            closed=self.closed,
+        )
+
+    def in_pool(self) -> list[Job]:
+        """Every job open or running now: what a shutdown report accounts for."""
+        return list({**self.undecided, **self.running}.values())
+
+    def report(self, policy: ShutdownPolicy, in_pool: list[Job], returned: list[Job],
+               cancelled: list[Job], began: float) -> ShutdownReport:
+        """What became of the jobs that were in the pool when shutdown ``began``."""
+        ran = [job for job in in_pool if job.start == job.start]
+        return ShutdownReport(
+            policy=policy,
+            completed=tuple(job.job_id for job in ran if job.released
+                            and job.status not in (CANCELLED, RETURNED)),
+            returned=tuple(ReturnedJob(job.job_id, job.task_type, job.fn, job.args, job.kwargs)
+                           for job in returned),
+            cancelled=tuple(job.job_id for job in cancelled),
+            still_running=tuple(job.job_id for job in ran if not job.released),
+            elapsed_s=time.monotonic() - began,
+        )
+
+    def records(self) -> pd.DataFrame:
+        """The jobs frame of every decided job, times in seconds since the pool started."""
+        if self._rows is None:
+            raise ConfigError("record", False, "create the pool with record=True to keep records")
+        frame = jobs_frame(sorted(self._rows))  # by job_id: submission order
+        for column in ("arrival_s", "start_s", "end_s"):
+            frame[column] -= self.t0
+        return frame
+
+
+def fail(job: Job, exc: BaseException) -> None:
+    """Fail a job's handle unless the caller cancelled it first."""
+    with contextlib.suppress(InvalidStateError, asyncio.InvalidStateError):
+        job.handle.set_exception(exc)
