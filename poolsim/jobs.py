@@ -85,7 +85,8 @@ class JobContext:
     def __repr__(self) -> str:
         return (
             f"JobContext(job_id={self.job_id}, task_type={self.task_type!r}, "
-            f"attempt={self.attempt}, deadline={self.deadline}, cancelled={self.cancelled.is_set()})"
+            f"attempt={self.attempt}, deadline={self.deadline}, "
+            f"cancelled={self.cancelled.is_set()})"
         )
 
 
