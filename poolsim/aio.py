@@ -182,7 +182,7 @@ class AsyncWorkerPool:
 
     async def _run(self, job: Job, index: int | None) -> None:
         """Run a job in this task, with its timeout; settle its future."""
-        if job.handle.cancelled():  # cancelled by the caller while queued
+        if job.status is not None or job.handle.cancelled():  # cancelled while queued
             self._release(job, CANCELLED, None, index)
             return
         job.start = time.monotonic()
@@ -257,33 +257,28 @@ class AsyncWorkerPool:
             timeout = self.config.shutdown_timeout
         began = time.monotonic()
         ledger = self._ledger
-        if not ledger.closed:
-            ledger.closed = True
+        if ledger.close():
             for _ in self._workers:
                 self._tokens.release()
             for waiter in self._room_waiters:
                 if not waiter.done():
                     waiter.set_result(None)
-        in_pool = ledger.in_pool()
-        queued = [] if policy is ShutdownPolicy.DRAIN else self._take_queued()
         if policy is ShutdownPolicy.IMMEDIATE:
             running = [job for job in ledger.running.values() if job.status is None]
-            cancelled = ledger.settle(queued + running, CANCELLED)
-            for job in cancelled:
-                if job.job_id in self._tasks:
+            ledger.settle(self._take_queued() + running, CANCELLED)
+            for job in running:
+                if job.status == CANCELLED:
                     self._tasks[job.job_id].cancel()
-            returned = []
-        else:
-            cancelled = []
-            returned = ledger.settle(queued, RETURNED)
+        elif policy is ShutdownPolicy.FINISH_IN_FLIGHT:
+            ledger.settle(self._take_queued(), RETURNED)
         ledger.check_idle()
         if timeout is None or timeout == math.inf:
             await self._idle.wait()
         else:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), timeout)
-        returned += ledger.settle(self._take_queued(), RETURNED)  # queued at the deadline
-        return ledger.report(policy, in_pool, returned, cancelled, began)
+        ledger.settle(self._take_queued(), RETURNED)  # still queued at the deadline
+        return ledger.report(policy, began)
 
     def _take_queued(self) -> list[Job]:
         taken = list(self._queue)

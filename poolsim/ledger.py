@@ -88,6 +88,7 @@ class Ledger:
         self.undecided: dict[int, Job] = {}  # admitted jobs whose outcome is open
         self.running: dict[int, Job] = {}  # functions executing, on workers or callers
         self.closed = False
+        self.at_close: list[Job] = []  # what was in the pool when shutdown began
         self._idle = idle
         self._per_worker = [dict.fromkeys(STATUSES, 0) for _ in range(workers)]
         self._shared = dict.fromkeys(STATUSES, 0)
@@ -134,16 +135,12 @@ class Ledger:
         self.notify_resolved(job)
         return True
 
-    def settle(self, jobs: Iterable[Job], status: str) -> list[Job]:
-        """Decide jobs taken from the pool, ask them to stop, fail their handles.
-
-        Returns those decided as ``status`` (a caller may have cancelled some).
-        """
-        decided = [job for job in jobs if self.decide(job, status)]
-        for job in decided:
-            job.cancelled.set()
-            fail(job, _ERROR_FOR[status](job.job_id))
-        return [job for job in decided if job.status is status]
+    def settle(self, jobs: Iterable[Job], status: str) -> None:
+        """Decide jobs taken from the pool, ask them to stop, fail their handles."""
+        for job in jobs:
+            if self.decide(job, status):
+                job.cancelled.set()
+                fail(job, _ERROR_FOR[status](job.job_id))
 
     def reject(self, job: Job) -> None:
         """Record a job refused at the door (and withdrawn, if it was briefly admitted)."""
@@ -203,21 +200,33 @@ class Ledger:
             closed=self.closed,
         )
 
-    def in_pool(self) -> list[Job]:
-        """Every job open or running now: what a shutdown report accounts for."""
-        return list({**self.undecided, **self.running}.values())
+    def close(self) -> bool:
+        """Close the pool (callers hold their admission lock); False if it was closed already.
 
-    def report(self, policy: ShutdownPolicy, in_pool: list[Job], returned: list[Job],
-               cancelled: list[Job], began: float) -> ShutdownReport:
-        """What became of the jobs that were in the pool when shutdown ``began``."""
+        Remembers every job open or running: after closing that set only
+        shrinks, so every shutdown report accounts for it.
+        """
+        if self.closed:
+            return False
+        self.closed = True
+        self.at_close = list({**self.undecided, **self.running}.values())
+        return True
+
+    def report(self, policy: ShutdownPolicy, began: float) -> ShutdownReport:
+        """What became of the jobs that were in the pool when it closed.
+
+        Read from the jobs' outcomes, so it is true whoever decided them (a
+        second, stronger shutdown; a caller cancelling a future).
+        """
+        in_pool = self.at_close
         ran = [job for job in in_pool if job.start == job.start]
         return ShutdownReport(
             policy=policy,
             completed=tuple(job.job_id for job in ran if job.released
                             and job.status not in (CANCELLED, RETURNED)),
             returned=tuple(ReturnedJob(job.job_id, job.task_type, job.fn, job.args, job.kwargs)
-                           for job in returned),
-            cancelled=tuple(job.job_id for job in cancelled),
+                           for job in in_pool if job.status == RETURNED),
+            cancelled=tuple(job.job_id for job in in_pool if job.status == CANCELLED),
             still_running=tuple(job.job_id for job in ran if not job.released),
             elapsed_s=time.monotonic() - began,
         )

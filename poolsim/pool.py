@@ -207,7 +207,11 @@ class WorkerPool:
 
     def _run(self, job: Job, index: int | None) -> None:
         """Run a job in this thread (worker ``index``, or the caller when None)."""
-        if not job.handle.set_running_or_notify_cancel():  # cancelled by the caller while queued
+        try:
+            runnable = job.status is None and job.handle.set_running_or_notify_cancel()
+        except RuntimeError:  # an immediate shutdown decided it as this worker took it
+            runnable = False
+        if not runnable:  # cancelled by the caller while queued, or by shutdown
             self._release(job, CANCELLED, None, index)
             return
         job.start = time.monotonic()
@@ -273,7 +277,8 @@ class WorkerPool:
         queued jobs back (in ``report.returned``) and finishes running ones;
         ``immediate`` cancels queued jobs and asks running ones to stop. Jobs
         still queued at the deadline are handed back. Calling it again, e.g.
-        with a stronger policy, acts on what is left.
+        with a stronger policy, acts on what is left; every report accounts
+        for the jobs that were in the pool when it first closed.
         """
         policy = ShutdownPolicy(self.config.shutdown if policy is None else policy)
         if timeout is None:
@@ -282,26 +287,21 @@ class WorkerPool:
         if threading.current_thread() in self._threads:
             timeout = 0.0  # a job shutting down its own pool cannot wait for itself
         with self._lock:
-            if not self._ledger.closed:
-                self._ledger.closed = True
+            if self._ledger.close():
                 _live_pools.discard(self)
                 for _ in self._threads:
                     self._tokens.put(None)
                 if self._places is not None:
                     self._places.put(None)  # wakes blocked submitters, one after another
-            in_pool = self._ledger.in_pool()
-        queued = [] if policy is ShutdownPolicy.DRAIN else self._take_queued()
         if policy is ShutdownPolicy.IMMEDIATE:
-            running = [job for job in self._running.copy().values() if job.status is None]
-            cancelled = self._ledger.settle(queued + running, CANCELLED)
-            returned = []
-        else:
-            cancelled = []
-            returned = self._ledger.settle(queued, RETURNED)
+            queued = self._take_queued()  # first, so no worker starts them
+            self._ledger.settle(queued + list(self._undecided.copy().values()), CANCELLED)
+        elif policy is ShutdownPolicy.FINISH_IN_FLIGHT:
+            self._ledger.settle(self._take_queued(), RETURNED)
         self._ledger.check_idle()
         self._idle.wait(None if timeout is None or timeout == math.inf else timeout)
-        returned += self._ledger.settle(self._take_queued(), RETURNED)  # queued at the deadline
-        return self._ledger.report(policy, in_pool, returned, cancelled, began)
+        self._ledger.settle(self._take_queued(), RETURNED)  # still queued at the deadline
+        return self._ledger.report(policy, began)
 
     def _take_queued(self) -> list[Job]:
         """Empty the queue (jobs a worker has not taken yet)."""
