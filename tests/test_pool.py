@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future
 
 import pandas as pd
@@ -22,29 +21,7 @@ from poolsim import (
     current_job,
 )
 
-
-class Gate:
-    """Jobs that hold their worker until the test opens the gate."""
-
-    def __init__(self) -> None:
-        self.opened = threading.Event()
-        self.entered = threading.Semaphore(0)
-
-    def job(self, value: object = None) -> object:
-        self.entered.release()
-        assert self.opened.wait(10), "gate never opened"
-        return value
-
-    def wait_entered(self, n: int = 1) -> None:
-        for _ in range(n):
-            assert self.entered.acquire(timeout=10), "job never started"
-
-
-@pytest.fixture
-def gate() -> Iterator[Gate]:
-    g = Gate()
-    yield g
-    g.opened.set()
+from .conftest import Gate
 
 
 def full_pool(gate: Gate, **options: object) -> tuple[WorkerPool, list[Future[object]]]:

@@ -29,7 +29,7 @@ from poolsim import (
     install_signal_handlers,
 )
 
-from .test_pool import Gate, gate  # noqa: F401  (fixture)
+from .conftest import Gate
 
 
 def busy_pool(gate: Gate, running: int = 2, queued: int = 3, **options: object
