@@ -32,11 +32,11 @@ from poolsim.records import (
 from poolsim.shutdown import ReturnedJob, ShutdownReport, SignalShutdown, install_signal_handlers
 
 __all__ = [
-    "JOBS_COLUMNS",
     "AsyncWorkerPool",
     "Backpressure",
     "CancelEvent",
     "ConfigError",
+    "JOBS_COLUMNS",
     "JobCancelled",
     "JobContext",
     "JobDropped",

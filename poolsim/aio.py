@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
-from poolsim.config import Backpressure, PoolConfig, ShutdownPolicy
+from poolsim.config import Backpressure, PoolConfig, ShutdownPolicy, config_from
 from poolsim.errors import JobTimeout, PoolClosed, QueueFull
 from poolsim.jobs import Job, _current
 from poolsim.ledger import (
@@ -32,6 +32,7 @@ from poolsim.ledger import (
     Ledger,
     PoolObserver,
     PoolStats,
+    observers_for,
 )
 from poolsim.shutdown import ShutdownReport
 
@@ -72,22 +73,11 @@ class AsyncWorkerPool:
         observers: Iterable[PoolObserver] = (),
         **options: Any,
     ) -> None:
-        if config is None:
-            config = PoolConfig(**options)
-        elif options:
-            config = config.replace(**options)
-        self.config = config
+        self.config = config = config_from(config, options)
         self.name = name
-        observers = list(observers)
-        if registry is not None:
-            from poolsim.metrics import PoolMetrics
-
-            if not isinstance(registry, PoolMetrics):
-                registry = PoolMetrics.for_registry(registry)
-            observers.append(registry.attach(self))
         self._idle = asyncio.Event()
         self._ledger = Ledger(name, record=record, workers=config.workers, idle=self._idle,
-                              observers=observers)
+                              observers=observers_for(self, registry, observers))
         self._capacity = math.inf if config.capacity is None else config.capacity
         self._queue: deque[Job] = deque()
         self._tokens = asyncio.Semaphore(0)  # one per queued job, + exit tokens
@@ -118,8 +108,8 @@ class AsyncWorkerPool:
             policy is Backpressure.BLOCK and await self._wait_for_room()
         ):
             self._admit(job)
-        elif policy is Backpressure.DROP_OLDEST and self._queue:
-            victim = self._queue.popleft()  # its place and wake-up token pass to the job
+        elif policy is Backpressure.DROP_OLDEST and (victim := self._oldest_waiting()):
+            self._queue.remove(victim)  # its place and wake-up token pass to the job
             self._ledger.undecided[job.job_id] = job
             self._queue.append(job)
             self._ledger.settle([victim], DROPPED)
@@ -132,6 +122,12 @@ class AsyncWorkerPool:
             self._ledger.reject(job)
             raise QueueFull(self.name, self.config.capacity, policy.value)
         return handle
+
+    def _oldest_waiting(self) -> Job | None:
+        """The oldest queued job no idle worker is about to take, when the pool is full."""
+        assert self.config.queue_size is not None
+        handed_off = len(self._queue) - self.config.queue_size
+        return self._queue[handed_off] if 0 <= handed_off < len(self._queue) else None
 
     def _admit(self, job: Job) -> None:
         self._on_workers += 1
@@ -189,8 +185,7 @@ class AsyncWorkerPool:
         timeout = self.config.job_timeout
         if timeout is not None:
             job.deadline = job.start + timeout
-        for observer in self._ledger.observers:
-            observer.job_started(job)
+        self._ledger.notify_started(job)
         task = asyncio.current_task()
         assert task is not None
         self._tasks[job.job_id] = task

@@ -111,3 +111,13 @@ class PoolConfig:
     def replace(self, **changes: Any) -> PoolConfig:
         """A copy with some fields changed, validated again."""
         return dataclasses.replace(self, **changes)
+
+
+def config_from(config: PoolConfig | None, options: dict[str, Any]) -> PoolConfig:
+    """What a pool's ``config`` and keyword ``options`` mean together: the config with
+    those fields replaced, or a new config of the options alone."""
+    fields = [field.name for field in dataclasses.fields(PoolConfig)]
+    for name, value in options.items():
+        if name not in fields:
+            raise ConfigError(name, value, "not an option; options are " + ", ".join(fields))
+    return PoolConfig(**options) if config is None else config.replace(**options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -29,6 +30,7 @@ COMPLETED, FAILED, TIMEOUT, REJECTED, DROPPED, CANCELLED, RETURNED = (
     Status.COMPLETED.value, Status.FAILED.value, Status.TIMEOUT.value, Status.REJECTED.value,
     Status.DROPPED.value, Status.CANCELLED.value, Status.RETURNED.value)
 _ERROR_FOR = {DROPPED: JobDropped, RETURNED: JobReturned, CANCELLED: JobCancelled}
+_log = logging.getLogger("poolsim")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -84,7 +86,7 @@ class Ledger:
                  observers: Iterable[PoolObserver] = ()) -> None:
         self.queue = queue
         self.t0 = time.monotonic()
-        self.observers = list(observers)
+        self.observers = list(observers)  # empty when metrics are off: no hook is called
         self.undecided: dict[int, Job] = {}  # admitted jobs whose outcome is open
         self.running: dict[int, Job] = {}  # functions executing, on workers or callers
         self.closed = False
@@ -121,8 +123,7 @@ class Ledger:
             if decided:
                 self.notify_resolved(job)
             if job.start == job.start:  # not NaN: the function ran
-                for observer in self.observers:
-                    observer.job_released(job, now - job.start)
+                self._tell("job_released", job, now - job.start)
         return decided
 
     def decide(self, job: Job, status: str) -> bool:
@@ -161,10 +162,23 @@ class Ledger:
             self._rows.append((job.job_id, job.task_type, self.queue, job.arrival, job.start,
                                now, status, job.worker, job.attempt))
 
+    def notify_started(self, job: Job) -> None:
+        """Tell observers a job's function is about to run."""
+        if self.observers:
+            self._tell("job_started", job)
+
     def notify_resolved(self, job: Job) -> None:
         """Tell observers a job's outcome is decided."""
+        if self.observers:
+            self._tell("job_resolved", job)
+
+    def _tell(self, hook: str, *args: object) -> None:
+        """Call one hook on every observer; a failing observer is logged, never fatal."""
         for observer in self.observers:
-            observer.job_resolved(job)
+            try:
+                getattr(observer, hook)(*args)
+            except Exception:
+                _log.exception("poolsim observer %r failed in %s", observer, hook)
 
     def check_idle(self) -> None:
         """After a job left ``undecided`` or ``running``: signal shutdown if nothing is left.
@@ -239,6 +253,20 @@ class Ledger:
         for column in ("arrival_s", "start_s", "end_s"):
             frame[column] -= self.t0
         return frame
+
+
+def observers_for(pool: object, registry: object | None,
+                  observers: Iterable[PoolObserver]) -> list[PoolObserver]:
+    """A pool's observers: the given ones, plus its metrics if ``registry`` is given
+    (``poolsim.metrics`` is imported only then)."""
+    observers = list(observers)
+    if registry is not None:
+        from poolsim.metrics import PoolMetrics
+
+        if not isinstance(registry, PoolMetrics):
+            registry = PoolMetrics.for_registry(registry)  # type: ignore[arg-type]
+        observers.append(registry.attach(pool))  # type: ignore[arg-type]
+    return observers
 
 
 def fail(job: Job, exc: BaseException) -> None:

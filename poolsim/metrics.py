@@ -25,7 +25,7 @@ from poolsim.jobs import Job
 from poolsim.ledger import PoolStats
 from poolsim.records import STATUSES
 
-__all__ = ["DURATION_BUCKETS", "WAIT_BUCKETS", "PoolMetrics", "serve"]
+__all__ = ["DURATION_BUCKETS", "PoolMetrics", "WAIT_BUCKETS", "serve"]
 
 DURATION_BUCKETS: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0, 30.0, 60.0)
 WAIT_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)

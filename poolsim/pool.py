@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
-from poolsim.config import Backpressure, PoolConfig, ShutdownPolicy
+from poolsim.config import Backpressure, PoolConfig, ShutdownPolicy, config_from
 from poolsim.errors import JobTimeout, PoolClosed, QueueFull
 from poolsim.jobs import Job, _current
 from poolsim.ledger import (
@@ -38,6 +38,7 @@ from poolsim.ledger import (
     PoolObserver,
     PoolStats,
     fail,
+    observers_for,
 )
 from poolsim.shutdown import ShutdownReport
 
@@ -76,23 +77,12 @@ class WorkerPool:
         observers: Iterable[PoolObserver] = (),
         **options: Any,
     ) -> None:
-        if config is None:
-            config = PoolConfig(**options)
-        elif options:
-            config = config.replace(**options)
-        self.config = config
+        self.config = config = config_from(config, options)
         self.name = name
-        observers = list(observers)
-        if registry is not None:
-            from poolsim.metrics import PoolMetrics
-
-            if not isinstance(registry, PoolMetrics):
-                registry = PoolMetrics.for_registry(registry)
-            observers.append(registry.attach(self))
         self._idle = threading.Event()  # set once closed with nothing open or running
         self._ledger = ledger = Ledger(name, record=record, workers=config.workers,
-                                       idle=self._idle, observers=observers)
-        self._observers = ledger.observers
+                                       idle=self._idle,
+                                       observers=observers_for(self, registry, observers))
         self._undecided = ledger.undecided
         self._running = ledger.running
         self._lock = threading.Lock()  # admission against shutdown; never taken by workers
@@ -160,17 +150,32 @@ class WorkerPool:
                 job.worker = -1
                 self._undecided[job.job_id] = job
                 self._running[job.job_id] = job
-            elif policy is Backpressure.DROP_OLDEST and self._queue:
-                self._undecided[job.job_id] = job
-                self._queue.append(job)  # append first: the queue never looks empty to a worker
-                victim = self._queue.popleft()  # its place and wake-up token pass to the job
+            elif policy is Backpressure.DROP_OLDEST:
+                victim = self._swap_oldest_waiting(job)
         if job.worker == -1:
             self._run(job, None)
-        elif victim is not None and victim is not job:
+        elif victim is not None:
             self._ledger.settle([victim], DROPPED)
-        else:  # full, or a worker took the last queued job just now: nothing to evict
+        else:
             self._ledger.reject(job)
             raise QueueFull(self.name, self.config.capacity, policy.value)
+
+    def _swap_oldest_waiting(self, job: Job) -> Job | None:
+        """Under the lock, which ``drop_oldest`` workers also take to pop: put ``job`` in the
+        place of the oldest job still waiting, and return that job (None if none waits).
+
+        The jobs at the head that idle workers are about to take are not waiting:
+        with every place taken there are ``len(queue) - queue_size`` of them.
+        """
+        assert self.config.queue_size is not None
+        handed_off = len(self._queue) - self.config.queue_size
+        if not 0 <= handed_off < len(self._queue):
+            return None
+        victim = self._queue[handed_off]
+        del self._queue[handed_off]
+        self._undecided[job.job_id] = job
+        self._queue.append(job)  # the victim's place and wake-up token pass to the job
+        return victim
 
     def _submit_blocking(self, job: Job) -> None:
         """``block``: wait up to ``block_timeout`` for a free place, else reject."""
@@ -193,17 +198,21 @@ class WorkerPool:
     def _work(self, index: int) -> None:
         """A worker thread: take a job per token until the pool closes and the queue is empty."""
         take, queue, running = self._tokens.get, self._queue, self._running
+        # drop_oldest picks its victim by position, so its workers pop under the admission
+        # lock; every other policy pops lock-free (this private lock is never contended).
+        pop_lock = (self._lock if self.config.backpressure is Backpressure.DROP_OLDEST
+                    else threading.Lock())
         while True:
             take()
-            try:
-                job = queue.popleft()
-            except IndexError:  # its job was taken by shutdown, or this is an exit token
-                if self._ledger.closed:
-                    return
-                continue
-            job.worker = index
-            running[job.job_id] = job
-            self._run(job, index)
+            with pop_lock:
+                job = queue.popleft() if queue else None
+                if job is not None:
+                    job.worker = index
+                    running[job.job_id] = job
+            if job is not None:
+                self._run(job, index)
+            elif self._ledger.closed:  # its job was taken by shutdown, or an exit token
+                return
 
     def _run(self, job: Job, index: int | None) -> None:
         """Run a job in this thread (worker ``index``, or the caller when None)."""
@@ -217,8 +226,7 @@ class WorkerPool:
         job.start = time.monotonic()
         if self.config.job_timeout is not None:
             job.deadline = job.start + self.config.job_timeout
-        for observer in self._observers:
-            observer.job_started(job)
+        self._ledger.notify_started(job)
         token = _current.set(job)
         try:
             result = job.fn(*job.args, **job.kwargs)

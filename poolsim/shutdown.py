@@ -8,8 +8,10 @@ into the pool's configured shutdown, so in-flight jobs finish inside that window
 from __future__ import annotations
 
 import dataclasses
+import math
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
     from poolsim.pool import WorkerPool
 
 __all__ = ["ReturnedJob", "ShutdownReport", "SignalShutdown", "install_signal_handlers"]
+
+_SLICE = 0.05  # seconds the main thread may sleep before it runs pending signal handlers
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -97,8 +101,15 @@ class SignalShutdown:
             self._done.set()
 
     def wait(self, timeout: float | None = None) -> ShutdownReport | None:
-        """Wait for a signal and its shutdown to finish; the report, or None on timeout."""
-        self._done.wait(timeout)
+        """Wait for a signal and its shutdown to finish; the report, or None on timeout.
+
+        Waits in short slices: the OS may deliver a signal to any thread, and
+        Python runs the handler only when the main thread next wakes up.
+        """
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        while not self._done.wait(min(_SLICE, max(deadline - time.monotonic(), 0.0))):
+            if time.monotonic() >= deadline:
+                break
         return self._report
 
 

@@ -301,3 +301,21 @@ def test_context_manager_drains() -> None:
     assert done == list(range(20))
     with pytest.raises(PoolClosed):
         pool.submit(done.append, 99)
+
+
+def test_drop_oldest_never_evicts_a_job_an_idle_worker_is_taking() -> None:
+    for _ in range(50):  # the first job may not have started yet when the second arrives
+        pool = WorkerPool(workers=1, queue_size=0, backpressure="drop_oldest")
+        release = threading.Event()
+        first = pool.submit(release.wait)
+        with pytest.raises(QueueFull):
+            pool.submit(int)
+        release.set()
+        pool.shutdown()
+        assert first.result(timeout=5) is True
+
+
+def test_an_unknown_option_is_a_config_error_listing_the_options() -> None:
+    with pytest.raises(ConfigError, match="options are workers, queue_size") as info:
+        WorkerPool(workrs=3)
+    assert (info.value.field, info.value.value) == ("workrs", 3)
