@@ -182,28 +182,22 @@ class AsyncWorkerPool:
             self._release(job, CANCELLED, None, index)
             return
         job.start = time.monotonic()
-        timeout = self.config.job_timeout
-        if timeout is not None:
-            job.deadline = job.start + timeout
-        self._ledger.notify_started(job)
         task = asyncio.current_task()
         assert task is not None
         self._tasks[job.job_id] = task
+        timer = None
+        if self.config.job_timeout is not None:
+            job.deadline = job.start + self.config.job_timeout
+            timer = asyncio.get_running_loop().call_later(self.config.job_timeout,
+                                                          self._expire, job)
+        self._ledger.notify_started(job)
         token = _current.set(job)
         try:
-            async with asyncio.timeout(timeout) as scope:
-                result = await job.fn(*job.args, **job.kwargs)
+            result = await job.fn(*job.args, **job.kwargs)
         except asyncio.CancelledError:
             if not job.cancelled.is_set():
                 raise  # cancelled from outside the pool: not ours to swallow
-            task.uncancel()  # our immediate shutdown cancelled it; the outcome is recorded
-            self._release(job, CANCELLED, None, index)
-        except TimeoutError as exc:
-            if scope.expired():
-                job.cancelled.set()
-                self._release(job, TIMEOUT, JobTimeout(job.job_id, timeout or 0.0), index)
-            else:
-                self._release(job, FAILED, exc, index)
+            self._release(job, CANCELLED, None, index)  # already decided: timeout or shutdown
         except BaseException as exc:  # the future carries it
             self._release(job, FAILED, exc, index)
             if not isinstance(exc, Exception):
@@ -213,9 +207,24 @@ class AsyncWorkerPool:
         finally:
             _current.reset(token)
             del self._tasks[job.job_id]
+            if timer is not None:
+                timer.cancel()
+            if job.cancelled.is_set() and task.cancelling():
+                task.uncancel()  # the cancellation was ours and has been dealt with
+
+    def _expire(self, job: Job) -> None:
+        """The job outlived ``job_timeout``: cancel it for real, and decide it.
+
+        Cancelling first queues the coroutine's wake-up ahead of its caller's,
+        so by the time the caller sees ``JobTimeout`` the worker is free.
+        """
+        assert self.config.job_timeout is not None
+        if job.status is None:
+            self._tasks[job.job_id].cancel()
+            self._ledger.decide(job, TIMEOUT, JobTimeout(job.job_id, self.config.job_timeout))
 
     def _release(self, job: Job, status: str, value: Any, index: int | None) -> None:
-        """The job's coroutine ended: free its place, resolve it if still open."""
+        """The job's coroutine ended: free its place, settle it."""
         if index is not None:
             self._on_workers -= 1
             while self._room_waiters:
@@ -223,11 +232,7 @@ class AsyncWorkerPool:
                 if not waiter.done():
                     waiter.set_result(None)
                     break
-        if self._ledger.release(job, status, index) and not job.handle.cancelled():
-            if status is COMPLETED:
-                job.handle.set_result(value)
-            elif status is not CANCELLED:
-                job.handle.set_exception(value)
+        self._ledger.release(job, status, value, index)
 
     # -- observing ----------------------------------------------------------------
 
@@ -251,6 +256,8 @@ class AsyncWorkerPool:
         if timeout is None:
             timeout = self.config.shutdown_timeout
         began = time.monotonic()
+        if asyncio.current_task() in self._tasks.values():
+            timeout = 0.0  # a job shutting down its own pool cannot wait for itself
         ledger = self._ledger
         if ledger.close():
             for _ in self._workers:
@@ -260,10 +267,9 @@ class AsyncWorkerPool:
                     waiter.set_result(None)
         if policy is ShutdownPolicy.IMMEDIATE:
             running = [job for job in ledger.running.values() if job.status is None]
-            ledger.settle(self._take_queued() + running, CANCELLED)
             for job in running:
-                if job.status == CANCELLED:
-                    self._tasks[job.job_id].cancel()
+                self._tasks[job.job_id].cancel()  # first, as in _expire
+            ledger.settle(self._take_queued() + running, CANCELLED)
         elif policy is ShutdownPolicy.FINISH_IN_FLIGHT:
             ledger.settle(self._take_queued(), RETURNED)
         ledger.check_idle()

@@ -54,14 +54,14 @@ def _integer(field: str, value: Any, minimum: int) -> int:
 def _seconds(field: str, value: Any) -> float | None:
     if value is None:
         return None
-    if (
-        not isinstance(value, numbers.Real)
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
+        seconds = math.nan
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not (
+            math.isfinite(seconds) and seconds > 0):
         raise ConfigError(field, value, "None or a finite number of seconds > 0")
-    return float(value)
+    return seconds
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True, repr=False)

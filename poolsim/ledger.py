@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import InvalidStateError
-from typing import Protocol
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -109,46 +109,51 @@ class Ledger:
         self._book(job, status, now, worker)
         return True
 
-    def release(self, job: Job, status: str, worker: int | None) -> bool:
-        """The job's function returned (or never ran): resolve it if still open, free it.
+    def release(self, job: Job, status: str, value: Any, worker: int | None) -> None:
+        """The job's function returned ``value`` (or raised it, or never ran): resolve the
+        job as ``status`` if it is still open, settle its handle, then free it.
 
-        Returns whether this call decided it, so the caller settles the result.
+        Everyone is told before the job leaves ``running``, so when shutdown
+        wakes, every handle, count and metric is already final.
         """
         now = time.monotonic()
-        decided = self.resolve(job, status, now, worker)
+        if self.resolve(job, status, now, worker):
+            with contextlib.suppress(InvalidStateError, asyncio.InvalidStateError):
+                if status is COMPLETED:
+                    job.handle.set_result(value)
+                elif status is FAILED:
+                    job.handle.set_exception(value)
+            self.notify_resolved(job)
+        if self.observers and job.start == job.start:  # not NaN: the function ran
+            self._tell("job_released", job, now - job.start)
         del self.running[job.job_id]  # after resolve: a job is always undecided or running
         job.released = True
         self.check_idle()
-        if self.observers:
-            if decided:
-                self.notify_resolved(job)
-            if job.start == job.start:  # not NaN: the function ran
-                self._tell("job_released", job, now - job.start)
-        return decided
 
-    def decide(self, job: Job, status: str) -> bool:
-        """Resolve a job from outside its function (drop, timeout, shutdown)."""
+    def decide(self, job: Job, status: str, error: BaseException) -> bool:
+        """Resolve a job from outside its function (drop, timeout, shutdown): ask it to
+        stop and fail its handle with ``error``. False if it was decided already."""
         if status is not TIMEOUT and job.handle.cancelled():
             status = CANCELLED  # the caller cancelled it first
         if not self.resolve(job, status, time.monotonic()):
             return False
-        self.check_idle()
+        job.cancelled.set()
+        fail(job, error)
         self.notify_resolved(job)
+        self.check_idle()
         return True
 
     def settle(self, jobs: Iterable[Job], status: str) -> None:
-        """Decide jobs taken from the pool, ask them to stop, fail their handles."""
+        """Decide jobs the pool takes away (dropped, returned, cancelled)."""
         for job in jobs:
-            if self.decide(job, status):
-                job.cancelled.set()
-                fail(job, _ERROR_FOR[status](job.job_id))
+            self.decide(job, status, _ERROR_FOR[status](job.job_id))
 
     def reject(self, job: Job) -> None:
         """Record a job refused at the door (and withdrawn, if it was briefly admitted)."""
         self.undecided.pop(job.job_id, None)
         self._book(job, REJECTED, time.monotonic(), None)
-        self.check_idle()
         self.notify_resolved(job)
+        self.check_idle()
 
     def _book(self, job: Job, status: str, now: float, worker: int | None) -> None:
         job.status = status

@@ -12,6 +12,8 @@ the registry you pass — never the global one unless you pass it::
 
 from __future__ import annotations
 
+import itertools
+import numbers
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
@@ -56,8 +58,7 @@ class PoolMetrics:
                  wait_buckets: Sequence[float] = WAIT_BUCKETS) -> None:
         for name, buckets in (("duration_buckets", duration_buckets),
                               ("wait_buckets", wait_buckets)):
-            if not buckets or list(buckets) != sorted(set(buckets)) or min(buckets) <= 0:
-                raise ConfigError(name, buckets, "increasing bucket bounds > 0")
+            _check_buckets(name, buckets)
         with PoolMetrics._lock:
             if registry in PoolMetrics._by_registry:
                 raise ConfigError("registry", registry,
@@ -86,6 +87,16 @@ class PoolMetrics:
         """Instrument ``pool``: returns the observer it must call (pools do this themselves)."""
         self._pools.add(pool)
         return _PoolRecorder(self, pool.name)
+
+
+def _check_buckets(name: str, buckets: Sequence[float]) -> None:
+    """Bucket bounds must be numbers > 0, strictly increasing (``inf`` only last)."""
+    bounds = list(buckets)
+    numeric = all(isinstance(b, numbers.Real) and not isinstance(b, bool) for b in bounds)
+    if not (bounds and numeric and all(b > 0 for b in bounds)  # NaN fails every comparison
+            and all(a < b for a, b in itertools.pairwise(bounds))):
+        raise ConfigError(name, buckets, "a non-empty, strictly increasing sequence of "
+                          "numbers > 0")
 
 
 class _PoolRecorder:

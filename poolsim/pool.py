@@ -37,7 +37,6 @@ from poolsim.ledger import (
     Ledger,
     PoolObserver,
     PoolStats,
-    fail,
     observers_for,
 )
 from poolsim.shutdown import ShutdownReport
@@ -238,14 +237,10 @@ class WorkerPool:
             _current.reset(token)
 
     def _release(self, job: Job, status: str, value: Any, index: int | None) -> None:
-        """The job's function returned (or never ran): free its place, settle its future."""
+        """The job's function returned (or never ran): free its place, settle it."""
         if index is not None and self._places is not None:
             self._places.put(None)
-        if self._ledger.release(job, status, index):
-            if status is COMPLETED:
-                job.handle.set_result(value)
-            elif status is FAILED:
-                job.handle.set_exception(value)
+        self._ledger.release(job, status, value, index)
 
     def _watch(self, timeout: float) -> None:
         """Time out overdue jobs. Sleeps until the earliest deadline, never longer than
@@ -258,9 +253,8 @@ class WorkerPool:
                     continue
                 if job.deadline > now:
                     due = min(due, job.deadline)
-                elif self._ledger.decide(job, TIMEOUT):
-                    job.cancelled.set()
-                    fail(job, JobTimeout(job.job_id, timeout))
+                else:
+                    self._ledger.decide(job, TIMEOUT, JobTimeout(job.job_id, timeout))
             self._idle.wait(max(due - time.monotonic(), 0.001))
 
     # -- observing ----------------------------------------------------------------
