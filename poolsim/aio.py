@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import math
 import time
@@ -19,8 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
-from poolsim.config import Backpressure, PoolConfig, ShutdownPolicy, config_from
-from poolsim.errors import JobTimeout, PoolClosed, QueueFull
+from poolsim.config import Backpressure, PoolConfig, ShutdownPolicy, config_from, shutdown_args
+from poolsim.errors import JobCancelled, JobTimeout, PoolClosed, QueueFull
 from poolsim.jobs import Job, _current
 from poolsim.ledger import (
     CANCELLED,
@@ -137,24 +138,33 @@ class AsyncWorkerPool:
 
     async def _wait_for_room(self) -> bool:
         """``block``: wait up to ``block_timeout`` for room; False if none came."""
-        timeout = self.config.block_timeout
-        deadline = math.inf if timeout is None else time.monotonic() + timeout
-        while self._on_workers >= self._capacity:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            waiter = asyncio.get_running_loop().create_future()
-            self._room_waiters.append(waiter)
-            try:
-                await asyncio.wait_for(waiter, None if left == math.inf else left)
-            except TimeoutError:
-                return False
-            finally:
-                if waiter in self._room_waiters:
-                    self._room_waiters.remove(waiter)
-            if self._ledger.closed:
-                raise PoolClosed(self.name)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.config.block_timeout):
+                while self._on_workers >= self._capacity:
+                    waiter = loop.create_future()
+                    self._room_waiters.append(waiter)
+                    try:
+                        await waiter
+                    except BaseException:
+                        if waiter.done() and not waiter.cancelled():
+                            self._wake_one()  # woken for room it will not take: pass it on
+                        elif waiter in self._room_waiters:
+                            self._room_waiters.remove(waiter)
+                        raise
+                    if self._ledger.closed:
+                        raise PoolClosed(self.name)
+        except TimeoutError:
+            return False
         return True
+
+    def _wake_one(self) -> None:
+        """Room freed: wake the longest-waiting blocked submitter."""
+        while self._room_waiters:
+            waiter = self._room_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     # -- running --------------------------------------------------------------
 
@@ -185,53 +195,59 @@ class AsyncWorkerPool:
         task = asyncio.current_task()
         assert task is not None
         self._tasks[job.job_id] = task
+        job.handle.add_done_callback(functools.partial(self._caller_cancelled, job))
         timer = None
         if self.config.job_timeout is not None:
             job.deadline = job.start + self.config.job_timeout
-            timer = asyncio.get_running_loop().call_later(self.config.job_timeout,
-                                                          self._expire, job)
+            timer = asyncio.get_running_loop().call_later(
+                self.config.job_timeout, self._stop, job, TIMEOUT,
+                JobTimeout(job.job_id, self.config.job_timeout))
         self._ledger.notify_started(job)
         token = _current.set(job)
         try:
             result = await job.fn(*job.args, **job.kwargs)
-        except asyncio.CancelledError:
-            if not job.cancelled.is_set():
-                raise  # cancelled from outside the pool: not ours to swallow
-            self._release(job, CANCELLED, None, index)  # already decided: timeout or shutdown
+        except asyncio.CancelledError as exc:
+            ours = job.cancelled.is_set()  # a timeout, a shutdown or the caller's cancel()
+            if ours:
+                task.uncancel()
+            if task.cancelling():  # the task itself is being cancelled: record, then pass on
+                self._release(job, CANCELLED, None, index)
+                raise
+            self._release(job, CANCELLED if ours else FAILED, exc, index)
         except BaseException as exc:  # the future carries it
             self._release(job, FAILED, exc, index)
             if not isinstance(exc, Exception):
                 raise  # KeyboardInterrupt, SystemExit: recorded, and still stop the loop
         else:
+            if job.cancelled.is_set() and task.cancelling():
+                task.uncancel()  # the job swallowed our cancellation and returned
             self._release(job, COMPLETED, result, index)
         finally:
             _current.reset(token)
             del self._tasks[job.job_id]
             if timer is not None:
                 timer.cancel()
-            if job.cancelled.is_set() and task.cancelling():
-                task.uncancel()  # the cancellation was ours and has been dealt with
 
-    def _expire(self, job: Job) -> None:
-        """The job outlived ``job_timeout``: cancel it for real, and decide it.
+    def _caller_cancelled(self, job: Job, handle: asyncio.Future[Any]) -> None:
+        """The caller cancelled a running job's future: cancel the job itself."""
+        if handle.cancelled():
+            self._stop(job, CANCELLED, JobCancelled(job.job_id))
 
-        Cancelling first queues the coroutine's wake-up ahead of its caller's,
-        so by the time the caller sees ``JobTimeout`` the worker is free.
+    def _stop(self, job: Job, status: str, error: BaseException) -> None:
+        """Cancel a running job for real, and decide it (timeout, shutdown, caller's cancel).
+
+        The task is cancelled first, which queues the coroutine's wake-up ahead
+        of its caller's: by the time the caller sees the error the worker is free.
         """
-        assert self.config.job_timeout is not None
-        if job.status is None:
+        if job.status is None and job.job_id in self._tasks:
             self._tasks[job.job_id].cancel()
-            self._ledger.decide(job, TIMEOUT, JobTimeout(job.job_id, self.config.job_timeout))
+            self._ledger.decide(job, status, error)
 
     def _release(self, job: Job, status: str, value: Any, index: int | None) -> None:
         """The job's coroutine ended: free its place, settle it."""
         if index is not None:
             self._on_workers -= 1
-            while self._room_waiters:
-                waiter = self._room_waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
-                    break
+            self._wake_one()
         self._ledger.release(job, status, value, index)
 
     # -- observing ----------------------------------------------------------------
@@ -252,13 +268,10 @@ class AsyncWorkerPool:
 
         ``immediate`` cancels running coroutines for real.
         """
-        policy = ShutdownPolicy(self.config.shutdown if policy is None else policy)
-        if timeout is None:
-            timeout = self.config.shutdown_timeout
+        policy, timeout = shutdown_args(self.config, policy, timeout)
         began = time.monotonic()
-        if asyncio.current_task() in self._tasks.values():
-            timeout = 0.0  # a job shutting down its own pool cannot wait for itself
         ledger = self._ledger
+        inside = ledger.inside()
         if ledger.close():
             for _ in self._workers:
                 self._tokens.release()
@@ -266,19 +279,17 @@ class AsyncWorkerPool:
                 if not waiter.done():
                     waiter.set_result(None)
         if policy is ShutdownPolicy.IMMEDIATE:
-            running = [job for job in ledger.running.values() if job.status is None]
-            for job in running:
-                self._tasks[job.job_id].cancel()  # first, as in _expire
-            ledger.settle(self._take_queued() + running, CANCELLED)
+            ledger.settle(self._take_queued(), CANCELLED)
+            for job in list(ledger.running.values()):
+                self._stop(job, CANCELLED, JobCancelled(job.job_id))
         elif policy is ShutdownPolicy.FINISH_IN_FLIGHT:
             ledger.settle(self._take_queued(), RETURNED)
         ledger.check_idle()
-        if timeout is None or timeout == math.inf:
-            await self._idle.wait()
-        else:
+        if not inside:  # a job shutting down its own pool cannot wait for itself
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout)
-        ledger.settle(self._take_queued(), RETURNED)  # still queued at the deadline
+                async with asyncio.timeout(None if timeout == math.inf else timeout):
+                    await self._idle.wait()
+            ledger.settle(self._take_queued(), RETURNED)  # still queued at the deadline
         return ledger.report(policy, began)
 
     def _take_queued(self) -> list[Job]:

@@ -121,3 +121,18 @@ def config_from(config: PoolConfig | None, options: dict[str, Any]) -> PoolConfi
         if name not in fields:
             raise ConfigError(name, value, "not an option; options are " + ", ".join(fields))
     return PoolConfig(**options) if config is None else config.replace(**options)
+
+
+def shutdown_args(config: PoolConfig, policy: ShutdownPolicy | str | None,
+                  timeout: float | None) -> tuple[ShutdownPolicy, float]:
+    """A ``shutdown()`` call's policy and deadline, checked before anything closes:
+    ``None`` means the config's, and no deadline at all is ``math.inf``."""
+    chosen = _policy("policy", config.shutdown if policy is None else policy, ShutdownPolicy)
+    if timeout is None:
+        timeout = config.shutdown_timeout
+    if timeout is None or timeout == math.inf:
+        return chosen, math.inf
+    if (not isinstance(timeout, numbers.Real) or isinstance(timeout, bool)
+            or not math.isfinite(timeout) or timeout < 0):
+        raise ConfigError("timeout", timeout, "None, math.inf or a number of seconds >= 0")
+    return chosen, float(timeout)

@@ -38,6 +38,8 @@ class CancelEvent:
     def set(self) -> None:
         """Ask the job to stop and wake anyone waiting."""
         with _guard:
+            if self._flag:
+                return
             self._flag = True
             if self._gate is not None and self._gate.locked():
                 self._gate.release()

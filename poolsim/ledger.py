@@ -20,7 +20,7 @@ import pandas as pd
 
 from poolsim.config import ShutdownPolicy
 from poolsim.errors import ConfigError, JobCancelled, JobDropped, JobReturned
-from poolsim.jobs import Job
+from poolsim.jobs import Job, _current
 from poolsim.records import STATUSES, Status, jobs_frame
 from poolsim.shutdown import ReturnedJob, ShutdownReport
 
@@ -95,6 +95,7 @@ class Ledger:
         self._per_worker = [dict.fromkeys(STATUSES, 0) for _ in range(workers)]
         self._shared = dict.fromkeys(STATUSES, 0)
         self._shared_lock = threading.Lock()
+        self._deciding = 0  # claimed decisions not yet concluded
         self._rows: list[tuple[object, ...]] | None = [] if record else None
 
     # -- deciding ---------------------------------------------------------------
@@ -123,6 +124,8 @@ class Ledger:
                     job.handle.set_result(value)
                 elif status is FAILED:
                     job.handle.set_exception(value)
+                else:  # cancelled, and not by the caller's own future.cancel()
+                    job.handle.set_exception(JobCancelled(job.job_id))
             self.notify_resolved(job)
         if self.observers and job.start == job.start:  # not NaN: the function ran
             self._tell("job_released", job, now - job.start)
@@ -130,17 +133,37 @@ class Ledger:
         job.released = True
         self.check_idle()
 
-    def decide(self, job: Job, status: str, error: BaseException) -> bool:
-        """Resolve a job from outside its function (drop, timeout, shutdown): ask it to
-        stop and fail its handle with ``error``. False if it was decided already."""
+    def claim(self, job: Job) -> bool:
+        """Take the right to decide a job from outside its function; False if it is decided.
+
+        Until :meth:`conclude`, the pool does not count as idle, so a shutdown
+        never returns while a decision is half made.
+        """
+        with self._shared_lock:
+            self._deciding += 1
+        if self.undecided.pop(job.job_id, None) is not None:
+            return True
+        with self._shared_lock:
+            self._deciding -= 1
+        return False
+
+    def conclude(self, job: Job, status: str, error: BaseException) -> None:
+        """Finish a claimed decision: record it, ask the job to stop, fail its handle."""
         if status is not TIMEOUT and job.handle.cancelled():
             status = CANCELLED  # the caller cancelled it first
-        if not self.resolve(job, status, time.monotonic()):
-            return False
+        self._book(job, status, time.monotonic(), None)
         job.cancelled.set()
         fail(job, error)
         self.notify_resolved(job)
+        with self._shared_lock:
+            self._deciding -= 1
         self.check_idle()
+
+    def decide(self, job: Job, status: str, error: BaseException) -> bool:
+        """Resolve a job from outside its function (timeout, shutdown): claim, conclude."""
+        if not self.claim(job):
+            return False
+        self.conclude(job, status, error)
         return True
 
     def settle(self, jobs: Iterable[Job], status: str) -> None:
@@ -149,8 +172,7 @@ class Ledger:
             self.decide(job, status, _ERROR_FOR[status](job.job_id))
 
     def reject(self, job: Job) -> None:
-        """Record a job refused at the door (and withdrawn, if it was briefly admitted)."""
-        self.undecided.pop(job.job_id, None)
+        """Record a job refused at the door: it was never admitted."""
         self._book(job, REJECTED, time.monotonic(), None)
         self.notify_resolved(job)
         self.check_idle()
@@ -191,7 +213,7 @@ class Ledger:
         Shutdown sets ``closed`` before it looks; we removed before we look at
         ``closed``: one of the two sees the other, so the signal is never missed.
         """
-        if self.closed and not self.undecided and not self.running:
+        if self.closed and not self.undecided and not self.running and not self._deciding:
             self._idle.set()
 
     # -- reading ----------------------------------------------------------------
@@ -214,10 +236,15 @@ class Ledger:
             queued=queued,
             running=len(running),
             busy_workers=sum(1 for job in running if job.worker != -1),
-            overdue=sum(1 for job in running if job.status is not None),
+            overdue=sum(1 for job in running if job.status in (TIMEOUT, CANCELLED)),
             counts=self.counts(),
             closed=self.closed,
         )
+
+    def inside(self) -> bool:
+        """Whether this thread or task is running one of the pool's jobs right now."""
+        job = _current.get(None)
+        return job is not None and self.running.get(job.job_id) is job
 
     def close(self) -> bool:
         """Close the pool (callers hold their admission lock); False if it was closed already.
@@ -237,16 +264,25 @@ class Ledger:
         Read from the jobs' outcomes, so it is true whoever decided them (a
         second, stronger shutdown; a caller cancelling a future).
         """
-        in_pool = self.at_close
-        ran = [job for job in in_pool if job.start == job.start]
+        buckets: dict[str, list[Job]] = {"completed": [], "returned": [], "cancelled": [],
+                                          "still_running": []}
+        for job in self.at_close:  # status read before released: each job in one bucket
+            status = job.status
+            if status == RETURNED:
+                buckets["returned"].append(job)
+            elif status == CANCELLED:
+                buckets["cancelled"].append(job)
+            elif status in (COMPLETED, FAILED) or (status == TIMEOUT and job.released):
+                buckets["completed"].append(job)  # its function returned
+            else:  # running (perhaps overdue), or taken by a worker and about to start
+                buckets["still_running"].append(job)
         return ShutdownReport(
             policy=policy,
-            completed=tuple(job.job_id for job in ran if job.released
-                            and job.status not in (CANCELLED, RETURNED)),
+            completed=tuple(job.job_id for job in buckets["completed"]),
             returned=tuple(ReturnedJob(job.job_id, job.task_type, job.fn, job.args, job.kwargs)
-                           for job in in_pool if job.status == RETURNED),
-            cancelled=tuple(job.job_id for job in in_pool if job.status == CANCELLED),
-            still_running=tuple(job.job_id for job in ran if not job.released),
+                           for job in buckets["returned"]),
+            cancelled=tuple(job.job_id for job in buckets["cancelled"]),
+            still_running=tuple(job.job_id for job in buckets["still_running"]),
             elapsed_s=time.monotonic() - began,
         )
 

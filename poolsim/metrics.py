@@ -51,7 +51,7 @@ class PoolMetrics:
 
     _by_registry: ClassVar[weakref.WeakKeyDictionary[CollectorRegistry, PoolMetrics]] = (
         weakref.WeakKeyDictionary())
-    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _lock: ClassVar[threading.RLock] = threading.RLock()  # for_registry holds it into __init__
 
     def __init__(self, registry: CollectorRegistry = REGISTRY, *,
                  duration_buckets: Sequence[float] = DURATION_BUCKETS,
@@ -64,7 +64,12 @@ class PoolMetrics:
                 raise ConfigError("registry", registry,
                                   "a registry without poolsim metrics; reuse them with "
                                   "PoolMetrics.for_registry(registry)")
-            PoolMetrics._by_registry[registry] = self
+            self._register(registry, duration_buckets, wait_buckets)
+            PoolMetrics._by_registry[registry] = self  # published only once complete
+
+    def _register(self, registry: CollectorRegistry, duration_buckets: Sequence[float],
+                  wait_buckets: Sequence[float]) -> None:
+        """Create the metric families in ``registry``."""
         self.jobs = Counter("worker_jobs", "Jobs by final status.", ["queue", "status"],
                             registry=registry)
         self.duration = Histogram(
@@ -74,19 +79,26 @@ class PoolMetrics:
         self.wait = Histogram("worker_job_wait_seconds", "Time jobs waited in the queue.",
                               ["queue"], buckets=wait_buckets, registry=registry)
         self._pools: weakref.WeakSet[Any] = weakref.WeakSet()
-        registry.register(_StateCollector(self._pools))
+        self._pools_lock = threading.Lock()
+        registry.register(_StateCollector(self))
 
     @classmethod
     def for_registry(cls, registry: CollectorRegistry) -> PoolMetrics:
         """The registry's poolsim metrics, created with default buckets if it has none."""
         with cls._lock:
             existing = cls._by_registry.get(registry)
-        return existing if existing is not None else cls(registry)
+            return existing if existing is not None else cls(registry)
 
     def attach(self, pool: _Pool) -> _PoolRecorder:
         """Instrument ``pool``: returns the observer it must call (pools do this themselves)."""
-        self._pools.add(pool)
+        with self._pools_lock:
+            self._pools.add(pool)
         return _PoolRecorder(self, pool.name)
+
+    def pools(self) -> list[Any]:
+        """The live pools attached, as a snapshot."""
+        with self._pools_lock:
+            return list(self._pools)
 
 
 def _check_buckets(name: str, buckets: Sequence[float]) -> None:
@@ -125,8 +137,8 @@ class _PoolRecorder:
 class _StateCollector:
     """Reads queue depth and busy workers from each live pool when Prometheus scrapes."""
 
-    def __init__(self, pools: weakref.WeakSet[Any]) -> None:
-        self._pools = pools
+    def __init__(self, metrics: PoolMetrics) -> None:
+        self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily("worker_queue_depth", "Jobs waiting in the queue.",
@@ -135,7 +147,7 @@ class _StateCollector:
                                  "Workers running a job, overdue ones included.",
                                  labels=["queue"])
         totals: dict[str, list[int]] = {}
-        for pool in list(self._pools):
+        for pool in self._metrics.pools():
             stats = pool.stats()
             total = totals.setdefault(pool.name, [0, 0])
             total[0] += stats.queued

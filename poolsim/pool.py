@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import logging
 import math
 import threading
 import time
@@ -24,8 +25,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
-from poolsim.config import Backpressure, PoolConfig, ShutdownPolicy, config_from
-from poolsim.errors import JobTimeout, PoolClosed, QueueFull
+from poolsim.config import Backpressure, PoolConfig, ShutdownPolicy, config_from, shutdown_args
+from poolsim.errors import JobDropped, JobTimeout, PoolClosed, QueueFull
 from poolsim.jobs import Job, _current
 from poolsim.ledger import (
     CANCELLED,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["WorkerPool"]
 
 T = TypeVar("T")
+_log = logging.getLogger("poolsim")
 
 
 class WorkerPool:
@@ -93,6 +95,7 @@ class WorkerPool:
             for _ in range(config.capacity):
                 self._places.put(None)
         self._ids = itertools.count()
+        self._cancel_all = False  # an immediate shutdown has begun
         self._threads = [
             threading.Thread(target=self._work, args=(i,), name=f"poolsim-{name}-{i}", daemon=True)
             for i in range(config.workers)
@@ -119,49 +122,41 @@ class WorkerPool:
         handle: Future[T] = Future()
         job = Job(next(self._ids), task_type, fn, args, kwargs, handle, time.monotonic())
         places = self._places
-        if places is not None:
-            try:
-                places.get_nowait()
-            except Empty:
-                self._submit_full(job)
+        with self._lock:
+            if self._ledger.closed:
+                raise PoolClosed(self.name)
+            if places is None or _take(places):
+                self._admit(job)
                 return handle
-        with self._lock:
-            if self._ledger.closed:
-                if places is not None:
-                    places.put(None)
-                raise PoolClosed(self.name)
-            self._undecided[job.job_id] = job
-            self._queue.append(job)
-            self._tokens.put(None)
-        return handle
-
-    def _submit_full(self, job: Job) -> None:
-        """Apply the back-pressure policy to a job that found no free place."""
-        policy = self.config.backpressure
-        if policy is Backpressure.BLOCK:
-            self._submit_blocking(job)
-            return
-        victim = None
-        with self._lock:
-            if self._ledger.closed:
-                raise PoolClosed(self.name)
-            if policy is Backpressure.CALLER_RUNS:
+            policy = self.config.backpressure
+            caller_runs = policy is Backpressure.CALLER_RUNS
+            victim = None
+            if caller_runs:
                 job.worker = -1
                 self._undecided[job.job_id] = job
                 self._running[job.job_id] = job
             elif policy is Backpressure.DROP_OLDEST:
                 victim = self._swap_oldest_waiting(job)
-        if job.worker == -1:
+        if policy is Backpressure.BLOCK:
+            self._submit_blocking(job)
+        elif caller_runs:
             self._run(job, None)
-        elif victim is not None:
-            self._ledger.settle([victim], DROPPED)
+        elif victim is not None:  # claimed under the lock, so no shutdown report misses it
+            self._ledger.conclude(victim, DROPPED, JobDropped(victim.job_id))
         else:
             self._ledger.reject(job)
             raise QueueFull(self.name, self.config.capacity, policy.value)
+        return handle
+
+    def _admit(self, job: Job) -> None:
+        """Under the lock, holding a place: queue the job and wake a worker for it."""
+        self._undecided[job.job_id] = job
+        self._queue.append(job)
+        self._tokens.put(None)
 
     def _swap_oldest_waiting(self, job: Job) -> Job | None:
         """Under the lock, which ``drop_oldest`` workers also take to pop: put ``job`` in the
-        place of the oldest job still waiting, and return that job (None if none waits).
+        place of the oldest job still waiting, and claim that job (None if none waits).
 
         The jobs at the head that idle workers are about to take are not waiting:
         with every place taken there are ``len(queue) - queue_size`` of them.
@@ -172,6 +167,7 @@ class WorkerPool:
             return None
         victim = self._queue[handed_off]
         del self._queue[handed_off]
+        self._ledger.claim(victim)
         self._undecided[job.job_id] = job
         self._queue.append(job)  # the victim's place and wake-up token pass to the job
         return victim
@@ -188,41 +184,44 @@ class WorkerPool:
             if self._ledger.closed:
                 self._places.put(None)  # pass the wake-up on to the next blocked submitter
                 raise PoolClosed(self.name)
-            self._undecided[job.job_id] = job
-            self._queue.append(job)
-            self._tokens.put(None)
+            self._admit(job)
 
     # -- running --------------------------------------------------------------
 
     def _work(self, index: int) -> None:
         """A worker thread: take a job per token until the pool closes and the queue is empty."""
-        take, queue, running = self._tokens.get, self._queue, self._running
+        take, pop, running = self._tokens.get, self._queue.popleft, self._running
         # drop_oldest picks its victim by position, so its workers pop under the admission
         # lock; every other policy pops lock-free (this private lock is never contended).
         pop_lock = (self._lock if self.config.backpressure is Backpressure.DROP_OLDEST
                     else threading.Lock())
         while True:
             take()
-            with pop_lock:
-                job = queue.popleft() if queue else None
-                if job is not None:
-                    job.worker = index
-                    running[job.job_id] = job
-            if job is not None:
-                self._run(job, index)
-            elif self._ledger.closed:  # its job was taken by shutdown, or an exit token
-                return
+            try:
+                with pop_lock:
+                    job = pop()
+            except IndexError:  # its job was taken by shutdown, or this is an exit token
+                if self._ledger.closed:
+                    return
+                continue
+            job.worker = index
+            if not job.handle.set_running_or_notify_cancel():  # the caller cancelled it
+                running[job.job_id] = job
+                self._release(job, CANCELLED, None, index)
+                continue
+            running[job.job_id] = job
+            self._run(job, index)
 
     def _run(self, job: Job, index: int | None) -> None:
-        """Run a job in this thread (worker ``index``, or the caller when None)."""
-        try:
-            runnable = job.status is None and job.handle.set_running_or_notify_cancel()
-        except RuntimeError:  # an immediate shutdown decided it as this worker took it
-            runnable = False
-        if not runnable:  # cancelled by the caller while queued, or by shutdown
+        """Run a job whose future is running, in this thread (worker ``index``, or the
+        caller when None)."""
+        if index is None and not job.handle.set_running_or_notify_cancel():
             self._release(job, CANCELLED, None, index)
             return
         job.start = time.monotonic()
+        if self._cancel_all:  # an immediate shutdown began before this job could start
+            self._release(job, CANCELLED, None, index)
+            return
         if self.config.job_timeout is not None:
             job.deadline = job.start + self.config.job_timeout
         self._ledger.notify_started(job)
@@ -231,6 +230,8 @@ class WorkerPool:
             result = job.fn(*job.args, **job.kwargs)
         except BaseException as exc:  # the future carries it, as executors do
             self._release(job, FAILED, exc, index)
+            if index is None and not isinstance(exc, Exception):
+                raise  # Ctrl-C in a caller running a job still stops the caller
         else:
             self._release(job, COMPLETED, result, index)
         finally:
@@ -282,12 +283,9 @@ class WorkerPool:
         with a stronger policy, acts on what is left; every report accounts
         for the jobs that were in the pool when it first closed.
         """
-        policy = ShutdownPolicy(self.config.shutdown if policy is None else policy)
-        if timeout is None:
-            timeout = self.config.shutdown_timeout
+        policy, timeout = shutdown_args(self.config, policy, timeout)
         began = time.monotonic()
-        if threading.current_thread() in self._threads:
-            timeout = 0.0  # a job shutting down its own pool cannot wait for itself
+        inside = self._ledger.inside()
         with self._lock:
             if self._ledger.close():
                 _live_pools.discard(self)
@@ -296,13 +294,16 @@ class WorkerPool:
                 if self._places is not None:
                     self._places.put(None)  # wakes blocked submitters, one after another
         if policy is ShutdownPolicy.IMMEDIATE:
-            queued = self._take_queued()  # first, so no worker starts them
-            self._ledger.settle(queued + list(self._undecided.copy().values()), CANCELLED)
+            self._cancel_all = True  # before looking at _running: see _run
+            started = [job for job in self._running.copy().values()
+                       if job.start == job.start and job.status is None]
+            self._ledger.settle(self._take_queued() + started, CANCELLED)
         elif policy is ShutdownPolicy.FINISH_IN_FLIGHT:
             self._ledger.settle(self._take_queued(), RETURNED)
         self._ledger.check_idle()
-        self._idle.wait(None if timeout is None or timeout == math.inf else timeout)
-        self._ledger.settle(self._take_queued(), RETURNED)  # still queued at the deadline
+        if not inside:  # a job shutting down its own pool cannot wait for itself
+            self._idle.wait(None if timeout == math.inf else timeout)
+            self._ledger.settle(self._take_queued(), RETURNED)  # queued at the deadline
         return self._ledger.report(policy, began)
 
     def _take_queued(self) -> list[Job]:
@@ -327,11 +328,27 @@ class WorkerPool:
                 f"running={s.running} closed={s.closed}>")
 
 
+def _take(places: SimpleQueue[None]) -> bool:
+    """Take a free place if there is one."""
+    try:
+        places.get_nowait()
+    except Empty:
+        return False
+    return True
+
+
 _live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 
 
 @atexit.register
 def _shutdown_at_exit() -> None:
-    """At interpreter exit, give each live pool its configured shutdown: no job silently lost."""
+    """At interpreter exit, give each live pool its configured shutdown, and say what it
+    could not finish: no job is lost silently."""
     for pool in list(_live_pools):
-        pool.shutdown()
+        report = pool.shutdown()
+        if report.returned or report.cancelled or report.still_running:
+            _log.warning("pool %r at exit: %d jobs returned %s, %d cancelled %s, %d still "
+                         "running %s", pool.name, len(report.returned),
+                         [job.job_id for job in report.returned], len(report.cancelled),
+                         list(report.cancelled), len(report.still_running),
+                         list(report.still_running))

@@ -68,10 +68,11 @@ class ShutdownReport:
 class SignalShutdown:
     """The handle :func:`install_signal_handlers` returns: wait on it for the report.
 
-    The first signal starts the shutdown in a (non-daemon) thread, so the
-    process stays alive until it ends; a second signal escalates to
-    ``immediate``. The handler itself only records the signal and starts that
-    thread.
+    The first signal starts the shutdown in a non-daemon thread, so the
+    process stays alive until it ends; a second escalates to ``immediate``
+    and ends :meth:`wait` with its report; if a job ignores cancellation and
+    keeps the process alive, a third signal stops it at once. The handler
+    itself only counts the signal and starts a thread.
     """
 
     def __init__(self, pool: WorkerPool, policy: ShutdownPolicy | str | None,
@@ -88,15 +89,20 @@ class SignalShutdown:
         self._signals += 1
         self.received.set()
         if self._signals == 1:
-            threading.Thread(target=self._shut, name="poolsim-shutdown").start()
+            threading.Thread(target=self._shut, args=(self._policy, self._timeout),
+                             name="poolsim-shutdown").start()  # not a daemon: see the class
         elif self._signals == 2:
-            threading.Thread(
-                target=self._pool.shutdown, args=(ShutdownPolicy.IMMEDIATE, 0.0), daemon=True
-            ).start()
+            threading.Thread(target=self._shut, args=(ShutdownPolicy.IMMEDIATE, 0.0),
+                             name="poolsim-shutdown-now", daemon=True).start()
+        else:  # a third: stop now, as if no handler were installed
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
 
-    def _shut(self) -> None:
+    def _shut(self, policy: ShutdownPolicy | str | None, timeout: float | None) -> None:
         try:
-            self._report = self._pool.shutdown(self._policy, self._timeout)
+            report = self._pool.shutdown(policy, timeout)
+            if not self._done.is_set():
+                self._report = report
         finally:
             self._done.set()
 

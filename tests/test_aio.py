@@ -771,3 +771,83 @@ def test_stress_every_handle_resolves_exactly_once(seed: int) -> None:
         assert loop_errors == []
 
     run(scenario())
+
+
+# -- regressions from review ----------------------------------------------------------------
+
+
+def test_a_cancelled_error_raised_inside_a_job_fails_it_and_the_worker_lives_on() -> None:
+    async def scenario() -> None:
+        async def awaits_a_cancelled_future() -> None:
+            future = asyncio.get_running_loop().create_future()
+            future.cancel()
+            await future  # raises CancelledError, though nobody cancelled this task
+
+        pool = AsyncWorkerPool(workers=1)
+        first = await pool.submit(awaits_a_cancelled_future)
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert await (await pool.submit(asyncio.sleep, 0, "next")) == "next"
+        report = await pool.shutdown("drain")
+        assert report.clean and statuses(pool) == {"failed": 1, "completed": 1}
+
+    run(scenario())
+
+
+def test_a_caller_cancelled_while_running_its_job_leaves_nothing_running() -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        pool = AsyncWorkerPool(workers=1, queue_size=0, backpressure="caller_runs")
+        await pool.submit(gate.job, "worker")
+        await until(lambda: len(gate.entered) == 1)
+        caller = asyncio.create_task(pool.submit(gate.job, "caller"))
+        await until(lambda: len(gate.entered) == 2)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert pool.stats().running == 1  # only the worker's job
+        gate.opened.set()
+        report = await pool.shutdown("drain")
+        assert report.clean and statuses(pool) == {"completed": 1, "cancelled": 1}
+
+    run(scenario())
+
+
+def test_cancelling_a_running_jobs_future_cancels_the_job() -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        pool = AsyncWorkerPool(workers=1)
+        handle = await pool.submit(gate.job, "x")
+        await until(lambda: gate.entered == ["x"])
+        handle.cancel()
+        await until(lambda: gate.cancelled == ["x"])
+        await pool.shutdown()
+        assert statuses(pool) == {"cancelled": 1}
+
+    run(scenario())
+
+
+def test_shutdown_from_a_caller_run_job_does_not_wait_for_itself() -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        pool = AsyncWorkerPool(workers=1, queue_size=0, backpressure="caller_runs")
+        await pool.submit(gate.job)
+        await until(lambda: len(gate.entered) == 1)
+        handle = await pool.submit(pool.shutdown, "finish_in_flight")
+        report = await handle
+        assert 1 in report.still_running
+        gate.opened.set()
+
+    run(scenario())
+
+
+def test_bad_shutdown_arguments_are_refused_before_anything_closes() -> None:
+    async def scenario() -> None:
+        pool = AsyncWorkerPool(workers=1)
+        for policy, timeout in [("later", None), (None, -1.0)]:
+            with pytest.raises(ConfigError):
+                await pool.shutdown(policy, timeout)
+        assert not pool.stats().closed
+        await pool.shutdown()
+
+    run(scenario())

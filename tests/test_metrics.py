@@ -418,3 +418,27 @@ def test_serve_rejects_bad_ports(port: Any) -> None:
     with pytest.raises(ConfigError) as info:
         poolsim.metrics.serve(port, registry=CollectorRegistry())
     assert info.value.field == "port"
+
+
+def test_pools_created_at_once_on_a_fresh_registry_share_its_metrics() -> None:
+    registry = CollectorRegistry()
+    errors: list[BaseException] = []
+    pools: list[WorkerPool] = []
+
+    def create(i: int) -> None:
+        try:
+            pools.append(WorkerPool(workers=1, name=f"p{i}", registry=registry))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(pools) == 8
+    assert len({PoolMetrics.for_registry(registry)._pools_lock for _ in range(2)}) == 1
+    for pool in pools:
+        pool.submit(int).result(timeout=5)
+        pool.shutdown()
+        assert jobs_total(registry, pool.name, "completed") == 1

@@ -319,3 +319,50 @@ def test_an_unknown_option_is_a_config_error_listing_the_options() -> None:
     with pytest.raises(ConfigError, match="options are workers, queue_size") as info:
         WorkerPool(workrs=3)
     assert (info.value.field, info.value.value) == ("workrs", 3)
+
+
+def test_shutdown_from_a_caller_run_job_does_not_wait_for_itself(gate: Gate) -> None:
+    pool = WorkerPool(workers=1, queue_size=0, backpressure="caller_runs")
+    pool.submit(gate.job)
+    gate.wait_entered()
+    report = pool.submit(pool.shutdown, "finish_in_flight").result(timeout=5)
+    assert 1 in report.still_running  # itself
+    gate.opened.set()
+
+
+def test_ctrl_c_in_a_caller_running_a_job_still_stops_the_caller(gate: Gate) -> None:
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    pool = WorkerPool(workers=1, queue_size=0, backpressure="caller_runs")
+    pool.submit(gate.job)
+    gate.wait_entered()
+    with pytest.raises(KeyboardInterrupt):
+        pool.submit(interrupted)
+    gate.opened.set()
+    pool.shutdown()
+    assert pool.stats().counts["failed"] == 1
+
+
+def test_bad_shutdown_arguments_are_refused_before_anything_closes() -> None:
+    pool = WorkerPool(workers=1)
+    for policy, timeout in [("later", None), (None, -1.0), (None, "soon")]:
+        with pytest.raises(ConfigError):
+            pool.shutdown(policy, timeout)  # type: ignore[arg-type]
+    assert not pool.stats().closed
+    pool.shutdown()
+
+
+def test_a_cancel_event_set_twice_wakes_its_waiter_once() -> None:
+    from poolsim import CancelEvent
+
+    event = CancelEvent()
+    woke: list[bool] = []
+    waiter = threading.Thread(target=lambda: woke.append(event.wait(5)))
+    waiter.start()
+    while event._gate is None:  # the waiter is in place
+        pass
+    event.set()
+    event.set()
+    waiter.join(5)
+    assert woke == [True] and event.wait(0)
