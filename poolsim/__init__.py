@@ -17,6 +17,7 @@ from poolsim.errors import (
     QueueFull,
     TraceError,
 )
+from poolsim.generate import ServiceTime, bursty, diurnal, from_counts, poisson
 from poolsim.jobs import CancelEvent, JobContext, current_job
 from poolsim.ledger import PoolObserver, PoolStats
 from poolsim.pool import WorkerPool
@@ -29,7 +30,10 @@ from poolsim.records import (
     queue_depth,
     summarize,
 )
+from poolsim.reshape import compress, from_timestamps, scale_load, window
 from poolsim.shutdown import ReturnedJob, ShutdownReport, SignalShutdown, install_signal_handlers
+from poolsim.sim import Recommendation, SimResult, SimShutdown, recommend, simulate, sweep
+from poolsim.traces import TRACE_COLUMNS, LinearService, list_traces, load_trace
 
 __all__ = [
     "AsyncWorkerPool",
@@ -44,25 +48,44 @@ __all__ = [
     "JobRecord",
     "JobReturned",
     "JobTimeout",
+    "LinearService",
     "PoolClosed",
     "PoolConfig",
     "PoolObserver",
     "PoolStats",
     "PoolsimError",
     "QueueFull",
+    "Recommendation",
     "ReturnedJob",
+    "ServiceTime",
     "ShutdownPolicy",
     "ShutdownReport",
     "SignalShutdown",
+    "SimResult",
+    "SimShutdown",
     "Status",
     "Summary",
+    "TRACE_COLUMNS",
     "TraceError",
     "WorkerPool",
+    "bursty",
+    "compress",
     "current_job",
+    "diurnal",
+    "from_counts",
+    "from_timestamps",
     "install_signal_handlers",
     "jobs_frame",
+    "list_traces",
+    "load_trace",
+    "poisson",
     "queue_depth",
+    "recommend",
+    "scale_load",
+    "simulate",
     "summarize",
+    "sweep",
+    "window",
 ]
 
 __version__ = "0.1.0"

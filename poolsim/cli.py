@@ -1,16 +1,203 @@
-"""The ``poolsim`` command."""
+"""The ``poolsim`` command: simulate a trace, plan capacity, list traces, run the demo."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from poolsim import __version__
-from poolsim.config import Backpressure, PoolConfig
-from poolsim.errors import PoolsimError
+from poolsim.config import Backpressure, PoolConfig, ShutdownPolicy
+from poolsim.errors import ConfigError, PoolsimError
+from poolsim.records import Summary
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main", "parse_fraction", "parse_seconds"]
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_seconds(text: str) -> float:
+    """``"120s"``, ``"2m"``, ``"500ms"``, ``"1.5h"`` or a bare number of seconds."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(ms|s|min|m|h)?\s*", text,
+                         re.IGNORECASE)
+    if not match:
+        raise ConfigError("duration", text, "a number of seconds, or with a unit: ms, s, m, h")
+    return float(match[1]) * _UNITS[(match[2] or "s").lower()]
+
+
+def parse_fraction(text: str) -> float:
+    """``"0.1%"`` or ``"0.001"``: a fraction between 0 and 1."""
+    percent = text.strip().endswith("%")
+    try:
+        value = float(text.strip().rstrip("%")) / (100 if percent else 1)
+    except ValueError:
+        raise ConfigError("fraction", text, "a fraction like 0.001 or a percentage like 0.1%"
+                          ) from None
+    if not 0 <= value <= 1:
+        raise ConfigError("fraction", text, "between 0 and 1 (0% to 100%)")
+    return value
+
+
+def _arg(parse: Any) -> Any:
+    """An argparse ``type=`` that reports a ConfigError's own message."""
+    def wrapped(text: str) -> Any:
+        try:
+            return parse(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return wrapped
+
+
+def _queue_size(text: str) -> int | None:
+    if text.strip().lower() in ("inf", "none", "unbounded"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError("queue_size", text, "an integer >= 0, or inf") from None
+
+
+def _workers_range(text: str) -> list[int]:
+    """``"8"``, ``"2:32"`` (every value) or ``"2:32:2"`` (a step), or ``"2,4,8"``."""
+    try:
+        if ":" in text:
+            parts = [int(p) for p in text.split(":")]
+            low, high, step = [*parts, 1] if len(parts) == 2 else parts
+            return list(range(low, high + 1, step))
+        return [int(p) for p in text.split(",")]
+    except (ValueError, TypeError):
+        raise ConfigError("workers", text, "N, LOW:HIGH, LOW:HIGH:STEP or a comma list"
+                          ) from None
+
+
+def _load(args: argparse.Namespace) -> Any:
+    """The trace named on the command line, reshaped as asked."""
+    from poolsim.reshape import compress, window
+    from poolsim.traces import LinearService, load_trace
+
+    service = None
+    if args.service:
+        per_column = {}
+        for item in args.service:
+            column, _, coefficient = item.partition("=")
+            try:
+                per_column[column] = float(coefficient)
+            except ValueError:
+                raise ConfigError("service", item, "COLUMN=SECONDS_PER_UNIT") from None
+        service = LinearService(intercept=args.service_intercept, per_column=per_column)
+    trace = load_trace(args.trace, service=service)
+    if args.start is not None or args.end is not None:
+        trace = window(trace, args.start or 0.0, args.end)
+    if args.compress != 1.0:
+        trace = compress(trace, args.compress)
+    return trace
+
+
+def _add_trace_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("trace", help="a CSV/Parquet path, or the name of a shipped trace "
+                        "(see `poolsim traces`)")
+    parser.add_argument("--start", type=_arg(parse_seconds), help="keep arrivals from this time")
+    parser.add_argument("--end", type=_arg(parse_seconds), help="keep arrivals before this time")
+    parser.add_argument("--compress", type=float, default=1.0, metavar="FACTOR",
+                        help="divide arrival times by FACTOR: the same jobs, FACTOR x the rate")
+    parser.add_argument("--service", action="append", metavar="COLUMN=SECONDS",
+                        help="service time per unit of a column, for traces without "
+                        "service_s (repeatable), e.g. generated_tokens=0.02")
+    parser.add_argument("--service-intercept", type=_arg(parse_seconds), default=0.0,
+                        metavar="SECONDS", help="fixed service time added to --service terms")
+    parser.add_argument("--runtime", choices=["threads", "asyncio"], default="threads",
+                        help="what a timeout frees: threads keep the worker until the job "
+                        "returns, asyncio frees it at once")
+    parser.add_argument("--seed", type=int, default=1)
+
+
+def _add_config_options(parser: argparse.ArgumentParser, *, single: bool) -> None:
+    if single:
+        parser.add_argument("--workers", type=int, default=4)
+        parser.add_argument("--queue-size", type=_arg(_queue_size), default=100,
+                            help="waiting places, or inf")
+        parser.add_argument("--backpressure", default="reject",
+                            choices=[p.value for p in Backpressure])
+        parser.add_argument("--shutdown-at", type=_arg(parse_seconds), metavar="TIME",
+                            help="start a shutdown at this trace time")
+        parser.add_argument("--engine", choices=["auto", "simpy", "fast"], default="auto")
+    parser.add_argument("--block-timeout", type=_arg(parse_seconds), default=1.0)
+    parser.add_argument("--job-timeout", type=_arg(parse_seconds))
+    parser.add_argument("--shutdown", default="drain", choices=[p.value for p in ShutdownPolicy])
+    parser.add_argument("--shutdown-timeout", type=_arg(parse_seconds))
+
+
+def format_summary(summary: Summary) -> str:
+    """A readable table of a run's summary, with units."""
+    n = summary.jobs
+    lines = [f"  {'jobs':<14}{n:>12,}"]
+    lines += [f"  {status:<14}{count:>12,}  ({count / n:.3%})"
+              for status, count in summary.counts.items() if count]
+
+    def secs(x: float) -> str:
+        return "-" if math.isnan(x) else f"{x:.4g} s"
+
+    lines += [
+        f"  {'throughput':<14}{summary.throughput:>12.4g} jobs/s",
+        f"  {'utilisation':<14}{summary.utilisation:>12.1%}",
+        f"  {'wait':<14}mean {secs(summary.wait_mean)}   p50 {secs(summary.wait_p50)}   "
+        f"p95 {secs(summary.wait_p95)}   p99 {secs(summary.wait_p99)}   "
+        f"max {secs(summary.wait_max)}",
+        f"  {'latency':<14}mean {secs(summary.latency_mean)}   p50 {secs(summary.latency_p50)}   "
+        f"p95 {secs(summary.latency_p95)}   p99 {secs(summary.latency_p99)}   "
+        f"max {secs(summary.latency_max)}",
+    ]
+    return "\n".join(lines)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from poolsim.sim.model import simulate
+
+    trace = _load(args)
+    config = PoolConfig(workers=args.workers, queue_size=args.queue_size,
+                        backpressure=args.backpressure, block_timeout=args.block_timeout,
+                        job_timeout=args.job_timeout, shutdown=args.shutdown,
+                        shutdown_timeout=args.shutdown_timeout)
+    result = simulate(trace, config, seed=args.seed, shutdown_at=args.shutdown_at,
+                      runtime=args.runtime, engine=args.engine)
+    print(f"poolsim simulate: {len(trace):,} jobs of {args.trace} through {config!r} "
+          f"({result.engine} engine, {args.runtime})\n")
+    print(format_summary(result.summary))
+    if result.shutdown is not None:
+        d = result.shutdown
+        print(f"\n  shutdown ({d.policy}) at {d.at:g} s: returned after {d.duration_s:.4g} s; "
+              f"{len(d.completed)} completed, {len(d.returned)} returned, "
+              f"{len(d.cancelled)} cancelled, {len(d.still_running)} still running, "
+              f"{len(d.killed(30.0))} killed by a SIGKILL 30 s after the signal")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from poolsim.report import plan
+
+    trace = _load(args)
+    base = PoolConfig(block_timeout=args.block_timeout, job_timeout=args.job_timeout,
+                      shutdown=args.shutdown, shutdown_timeout=args.shutdown_timeout)
+    outcome = plan(trace, p99=args.p99, max_reject=args.max_reject, out=Path(args.out),
+                   base=base, workers=args.workers, queue_sizes=args.queue_sizes,
+                   backpressure=args.backpressure, grace_s=args.grace, runtime=args.runtime,
+                   seed=args.seed, title=str(args.trace))
+    print(outcome.recommendation.reason)
+    print(f"\nreport: {outcome.html}")
+    return 0 if outcome.recommendation.met else 3
+
+
+def _traces(args: argparse.Namespace) -> int:
+    from poolsim.traces import list_traces
+
+    listing = list_traces()
+    for row in listing.itertuples(index=False):
+        print(f"{row.name:<32}{row.rows:>9,} jobs  {row.description}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -19,9 +206,9 @@ def _demo(args: argparse.Namespace) -> int:
     config = PoolConfig(workers=args.workers, queue_size=args.queue_size,
                         backpressure=args.backpressure)
     print(f"poolsim demo: {args.seconds:g} s of bursty load (400 jobs/s bursts, 40 jobs/s "
-          f"lulls, 20 ms jobs) through {config}\n")
+          f"lulls, 20 ms jobs) through {config!r}\n")
     result = run_demo(config, seconds=args.seconds, seed=args.seed)
-    print(result.summary)
+    print(format_summary(result.summary))
     print(f"\nshutdown ({result.report.policy}): {len(result.report.completed)} in-flight jobs "
           f"completed, {len(result.report.still_running)} left running, "
           f"{result.report.elapsed_s:.3f} s")
@@ -34,7 +221,34 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``poolsim``."""
     parser = argparse.ArgumentParser(prog="poolsim", description=__doc__)
     parser.add_argument("--version", action="version", version=f"poolsim {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    simulate = commands.add_parser("simulate", help="replay a trace through one configuration")
+    _add_trace_options(simulate)
+    _add_config_options(simulate, single=True)
+    simulate.set_defaults(run=_simulate)
+
+    plan = commands.add_parser("plan", help="sweep configurations and write a capacity plan")
+    _add_trace_options(plan)
+    plan.add_argument("--p99", type=_arg(parse_seconds), required=True,
+                      help="latency SLO: p99 of completed jobs, e.g. 120s")
+    plan.add_argument("--max-reject", type=_arg(parse_fraction), required=True,
+                      help="most jobs that may be refused (rejected or dropped), e.g. 0.1%%")
+    plan.add_argument("--workers", type=_arg(_workers_range), help="worker counts to sweep, e.g. "
+                      "1:32 (default: from the trace's load)")
+    plan.add_argument("--queue-sizes", type=_arg(lambda t: [_queue_size(p) for p in t.split(",")]),
+                      default=[0, 10, 100, 1000, None], help="e.g. 0,10,100,1000,inf")
+    plan.add_argument("--backpressure", type=lambda t: t.split(","),
+                      default=["reject", "drop_oldest"], help="policies to sweep, comma-separated")
+    plan.add_argument("--grace", type=_arg(parse_seconds), default=30.0,
+                      help="shutdown grace period before SIGKILL (Kubernetes: 30s)")
+    plan.add_argument("--out", default="reports/plan", help="report folder")
+    _add_config_options(plan, single=False)
+    plan.set_defaults(run=_plan)
+
+    traces = commands.add_parser("traces", help="list the shipped load traces")
+    traces.set_defaults(run=_traces)
+
     demo = commands.add_parser("demo", help="drive a real pool with a bursty load")
     demo.add_argument("--workers", type=int, default=4)
     demo.add_argument("--queue-size", type=int, default=20)
@@ -47,9 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Run the command line; returns the exit status (2 for bad input, 3 for an unmet SLO)."""
+    parser = build_parser()
     try:
+        args = parser.parse_args(argv)
         return int(args.run(args))
     except PoolsimError as exc:
         print(f"poolsim: error: {exc}", file=sys.stderr)

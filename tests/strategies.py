@@ -1,10 +1,11 @@
-"""Hypothesis strategies shared by the test suite: config values and jobs frames."""
+"""Hypothesis strategies shared by the test suite: config values, jobs frames, load traces."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pandas as pd
 from hypothesis import strategies as st
 
 from poolsim import Backpressure, JobRecord, ShutdownPolicy, Status
@@ -111,3 +112,53 @@ def jobs_record_lists(draw: st.DrawFn, max_jobs: int = 30) -> list[JobRecord]:
     """A list of consistent job rows with unique ids, as a pool or simulator emits."""
     n = draw(st.integers(0, max_jobs))
     return [draw(job_records(job_id)) for job_id in range(n)]
+
+# -- load traces ----------------------------------------------------------------------
+
+# labels that pandas' CSV reader would not take for missing values ("NA", "null", ...)
+trace_labels = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-",
+                       min_size=1, max_size=8).filter(
+    lambda s: s.lower() not in {"na", "nan", "null", "none", "n-a", "-nan", "-na"})
+_gaps = st.floats(min_value=0.0, max_value=1e4, allow_nan=False, allow_infinity=False)
+_services = st.floats(min_value=0.0, max_value=1e5, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def trace_frames(draw: st.DrawFn, min_rows: int = 1, max_rows: int = 40,
+                 extras: bool = True) -> pd.DataFrame:
+    """A valid, normalised trace: the four trace columns with their dtypes, and maybe
+    an integer ``tokens`` column after them."""
+    n = draw(st.integers(min_rows, max_rows))
+    gaps = draw(st.lists(_gaps, min_size=n, max_size=n))
+    frame = pd.DataFrame({
+        "arrival_s": np.cumsum(np.asarray(gaps, dtype=np.float64)),
+        "service_s": np.asarray(draw(st.lists(_services, min_size=n, max_size=n)), np.float64),
+        "task_type": pd.Series(draw(st.lists(trace_labels, min_size=n, max_size=n)), dtype="str"),
+        "queue": pd.Series(draw(st.lists(trace_labels, min_size=n, max_size=n)), dtype="str"),
+    })
+    if extras and draw(st.booleans()):
+        frame["tokens"] = np.asarray(
+            draw(st.lists(st.integers(0, 10**6), min_size=n, max_size=n)), dtype=np.int64)
+    return frame
+
+
+@st.composite
+def raw_trace_frames(draw: st.DrawFn, max_rows: int = 40) -> pd.DataFrame:
+    """A valid trace as users write it: integer or float times, optional ``task_type`` and
+    ``queue``, extra columns anywhere, and any index."""
+    trace = draw(trace_frames(max_rows=max_rows))
+    raw = trace.copy()
+    if draw(st.booleans()):
+        raw["arrival_s"] = np.floor(raw["arrival_s"]).astype(np.int64)
+        raw["service_s"] = np.floor(raw["service_s"]).astype(np.int64)
+    for column in ("task_type", "queue"):
+        if draw(st.booleans()):
+            raw = raw.drop(columns=column)
+    if draw(st.booleans()):
+        raw.insert(0, "note", "x")
+    columns = list(raw.columns)
+    order = draw(st.permutations(columns))
+    raw = raw[list(order)]
+    if draw(st.booleans()):
+        raw.index = pd.Index(np.arange(len(raw)) * 3 + 7)
+    return raw
