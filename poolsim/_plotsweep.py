@@ -52,8 +52,10 @@ def _axis_label(column: str) -> str:
 def _format(column: str, value: float) -> str:
     if not math.isfinite(value):
         return DASH if math.isnan(value) else "∞"
-    if _describe(column)[1] != "%":
-        return f"{value:.3g}"
+    if _describe(column)[1] != "%":  # compact, to fit a heatmap cell: 88.4, 485, 26k
+        size = abs(value)
+        return f"{value / 1000:.3g}k" if size >= 1000 else f"{value:.0f}" if size >= 100 \
+            else f"{value:.3g}"
     pct = value * 100
     if pct == 0:
         return "0%"
@@ -105,8 +107,9 @@ def sweep_heatmap(grid: pd.DataFrame, *, value: str = "latency_p99",
     Both raise :class:`~poolsim.errors.ConfigError` naming the choices.
     """
     require(grid, "grid", "workers", "queue_size", value)
-    axes, result = target(ax, figsize=(7.0, 5.0))
     rows = _one_policy(grid, backpressure)
+    table = _table(rows, value)
+    axes, result = target(ax, figsize=_heatmap_size(table))
     name, unit = _describe(value)
     title = f"{name} by workers {TIMES} queue size"
     if "backpressure" in rows.columns and len(rows):
@@ -115,15 +118,6 @@ def sweep_heatmap(grid: pd.DataFrame, *, value: str = "latency_p99",
     if rows.empty:
         note(axes, "empty sweep grid")
         return result
-    cells = pd.DataFrame({"workers": rows["workers"].astype(int),
-                          "queue": [_queue_key(q) for q in rows["queue_size"]],
-                          "value": rows[value].astype(float)})
-    clash = cells.duplicated(["workers", "queue"])
-    if clash.any():
-        varying = _varying(rows, besides=("workers", "queue_size"))
-        raise ConfigError("grid", varying, "one row per (workers, queue_size); filter the "
-                          "grid on " + (", ".join(varying) or "its duplicate rows") + " first")
-    table = cells.pivot(index="queue", columns="workers", values="value").sort_index()
     matrix = table.to_numpy(dtype=float)
     finite = matrix[np.isfinite(matrix)]
     norm: Normalize
@@ -139,7 +133,8 @@ def sweep_heatmap(grid: pd.DataFrame, *, value: str = "latency_p99",
                         aspect="auto")
     axes.set_xticks(range(table.shape[1]), [str(w) for w in table.columns])
     axes.set_yticks(range(table.shape[0]), [_queue_label(q) for q in table.index])
-    small = "x-small" if matrix.size > 120 else "small"
+    cell_in = axes.get_window_extent().width / axes.figure.dpi / table.shape[1]  # before layout
+    small = "small" if cell_in >= 0.55 else "x-small" if cell_in >= 0.4 else "xx-small"
     for (i, j), cell in np.ndenumerate(matrix):
         shade = cmap(norm(cell)) if math.isfinite(cell) else (0.87, 0.87, 0.87, 1.0)
         dark = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5
@@ -155,10 +150,35 @@ def sweep_heatmap(grid: pd.DataFrame, *, value: str = "latency_p99",
     return result
 
 
+def _table(rows: pd.DataFrame, value: str) -> pd.DataFrame:
+    """``value`` pivoted to queue size (index, unbounded last) x workers (columns)."""
+    cells = pd.DataFrame({"workers": rows["workers"].astype(int),
+                          "queue": [_queue_key(q) for q in rows["queue_size"]],
+                          "value": rows[value].astype(float)})
+    if cells.duplicated(["workers", "queue"]).any():
+        varying = _varying(rows, besides=("workers", "queue_size"))
+        raise ConfigError("grid", varying, "one row per (workers, queue_size); filter the "
+                          "grid on " + (", ".join(varying) or "its duplicate rows") + " first")
+    return cells.pivot(index="queue", columns="workers", values="value").sort_index()
+
+
+def _heatmap_size(table: pd.DataFrame) -> tuple[float, float]:
+    """Inches for one heatmap: room for each cell's label."""
+    return max(7.0, 0.6 * table.shape[1] + 3.0), max(4.5, 0.5 * table.shape[0] + 2.5)
+
+
 def sweep_heatmaps(grid: pd.DataFrame, *, backpressure: str | None = None) -> Figure:
-    """The p99 latency and rejection-rate heatmaps of a sweep grid, side by side."""
-    fig = Figure(figsize=(13.0, 5.0), layout="constrained")
-    left, right = fig.subplots(1, 2)
+    """The p99 latency and rejection-rate heatmaps of a sweep grid, side by side.
+
+    With more than 10 worker counts the two panels are stacked instead, so
+    each cell keeps room for its label.
+    """
+    require(grid, "grid", "workers", "queue_size", "latency_p99", "rejection_rate")
+    width, height = _heatmap_size(_table(_one_policy(grid, backpressure), "latency_p99"))
+    wide = width > 0.6 * 10 + 3.0
+    fig = Figure(figsize=(width, 2 * height) if wide else (2 * width, height),
+                 layout="constrained")
+    left, right = fig.subplots(2, 1) if wide else fig.subplots(1, 2)
     sweep_heatmap(grid, value="latency_p99", backpressure=backpressure, ax=left)
     sweep_heatmap(grid, value="rejection_rate", backpressure=backpressure, ax=right)
     return fig
@@ -188,20 +208,22 @@ def _row_labels(grid: pd.DataFrame, columns: Sequence[str]) -> list[str]:
 
 
 def policy_bars(grid_or_summaries: pd.DataFrame | Mapping[str, Summary | Mapping[str, Any]], *,
-                metrics: Sequence[str] = ("latency_p99", "rejection_rate", "drop_rate")) -> Figure:
+                metrics: Sequence[str] = ("latency_p99", "rejection_rate", "drop_rate"),
+                title: str | None = None) -> Figure:
     """Bars comparing a few configurations (say one per back-pressure policy), a panel per metric.
 
     Give a sweep grid filtered to the rows to compare (each labelled by the
-    config columns that differ), or ``{label: Summary}``. At most 12.
+    config columns that differ), or ``{label: Summary}``. At most 12. The
+    figure's title defaults to "Comparison by <the columns that differ>".
     """
-    title, xlabel = "Comparison", "configuration"
+    default_title, xlabel = "Comparison", "configuration"
     if isinstance(grid_or_summaries, pd.DataFrame):
         grid, varying = grid_or_summaries, _varying(grid_or_summaries)
         names = _row_labels(grid, varying) if varying else [str(i) for i in grid.index]
         rows = [(name, dict(row)) for name, (_, row) in zip(names, grid.iterrows(), strict=True)]
         if varying:
             xlabel = ", ".join(varying)
-            title += f" by {xlabel}"
+            default_title += f" by {xlabel}"
     else:
         rows = [(str(k), v.as_dict() if isinstance(v, Summary) else dict(v))
                 for k, v in grid_or_summaries.items()]
@@ -235,7 +257,7 @@ def policy_bars(grid_or_summaries: pd.DataFrame | Mapping[str, Summary | Mapping
             axes.yaxis.set_major_formatter(PercentFormatter(1.0))
         if not rows:
             note(axes, "nothing to compare")
-    fig.suptitle(title)
+    fig.suptitle(default_title if title is None else title)
     return fig
 
 

@@ -24,9 +24,11 @@ def parse_seconds(text: str) -> float:
     """``"120s"``, ``"2m"``, ``"500ms"``, ``"1.5h"`` or a bare number of seconds."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(ms|s|min|m|h)?\s*", text,
                          re.IGNORECASE)
-    if not match:
-        raise ConfigError("duration", text, "a number of seconds, or with a unit: ms, s, m, h")
-    return float(match[1]) * _UNITS[(match[2] or "s").lower()]
+    seconds = float(match[1]) * _UNITS[(match[2] or "s").lower()] if match else math.inf
+    if not math.isfinite(seconds):
+        raise ConfigError("duration", text, "a finite number of seconds, or with a unit: "
+                          "ms, s, m, h")
+    return seconds
 
 
 def parse_fraction(text: str) -> float:
@@ -76,24 +78,26 @@ def _workers_range(text: str) -> list[int]:
 
 def _load(args: argparse.Namespace) -> Any:
     """The trace named on the command line, reshaped as asked."""
-    from poolsim.reshape import compress, window
+    from poolsim.reshape import compress, scale_load, window
     from poolsim.traces import LinearService, load_trace
 
     service = None
-    if args.service:
+    if args.service or args.service_intercept is not None:
         per_column = {}
-        for item in args.service:
+        for item in args.service or []:
             column, _, coefficient = item.partition("=")
             try:
                 per_column[column] = float(coefficient)
             except ValueError:
                 raise ConfigError("service", item, "COLUMN=SECONDS_PER_UNIT") from None
-        service = LinearService(intercept=args.service_intercept, per_column=per_column)
+        service = LinearService(intercept=args.service_intercept or 0.0, per_column=per_column)
     trace = load_trace(args.trace, service=service)
     if args.start is not None or args.end is not None:
         trace = window(trace, args.start or 0.0, args.end)
     if args.compress != 1.0:
         trace = compress(trace, args.compress)
+    if args.load != 1.0:
+        trace = scale_load(trace, args.load, seed=args.seed)
     return trace
 
 
@@ -107,8 +111,11 @@ def _add_trace_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--service", action="append", metavar="COLUMN=SECONDS",
                         help="service time per unit of a column, for traces without "
                         "service_s (repeatable), e.g. generated_tokens=0.02")
-    parser.add_argument("--service-intercept", type=_arg(parse_seconds), default=0.0,
-                        metavar="SECONDS", help="fixed service time added to --service terms")
+    parser.add_argument("--service-intercept", type=_arg(parse_seconds), metavar="SECONDS",
+                        help="fixed service time per job (plus any --service terms)")
+    parser.add_argument("--load", type=float, default=1.0, metavar="FACTOR",
+                        help="rescale the load: thin (< 1) or superpose (> 1) arrivals, "
+                        "keeping their burstiness; seeded by --seed")
     parser.add_argument("--runtime", choices=["threads", "asyncio"], default="threads",
                         help="what a timeout frees: threads keep the worker until the job "
                         "returns, asyncio frees it at once")
@@ -233,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--p99", type=_arg(parse_seconds), required=True,
                       help="latency SLO: p99 of completed jobs, e.g. 120s")
     plan.add_argument("--max-reject", type=_arg(parse_fraction), required=True,
-                      help="most jobs that may be refused (rejected or dropped), e.g. 0.1%%")
+                      help="most jobs that may be refused or time out (rejected, dropped, "
+                      "timeout), e.g. 0.1%%")
     plan.add_argument("--workers", type=_arg(_workers_range), help="worker counts to sweep, e.g. "
                       "1:32 (default: from the trace's load)")
     plan.add_argument("--queue-sizes", type=_arg(lambda t: [_queue_size(p) for p in t.split(",")]),
@@ -268,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except PoolsimError as exc:
         print(f"poolsim: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a report folder that cannot be written, say
+        print(f"poolsim: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
         return 2
 
 

@@ -83,6 +83,15 @@ def _over(latency: np.ndarray, slo: float | None) -> str:
     return "" if slo is None or latency.size == 0 else f", {np.mean(latency > slo):.1%} over SLO"
 
 
+def _time_unit(span_s: float) -> tuple[str, float]:
+    """A readable unit for a time axis spanning ``span_s`` seconds, and its size in seconds."""
+    if span_s > 3 * 86_400:
+        return "days", 86_400.0
+    if span_s > 3 * 3_600:
+        return "h", 3_600.0
+    return "s", 1.0
+
+
 # -- charts of jobs frames ------------------------------------------------------------
 
 
@@ -97,22 +106,23 @@ def queue_depth_chart(frames: Frames, *, ax: Axes | None = None) -> Figure | Axe
     configurations on one time axis (the line is ``poolsim.records.queue_depth``).
     """
     axes, result = target(ax)
-    drawn = 0
-    for label, frame in _labelled(frames).items():
-        depth = queue_depth(frame)
-        if depth.empty:
-            continue
+    depths = {label: queue_depth(frame) for label, frame in _labelled(frames).items()}
+    depths = {label: depth for label, depth in depths.items() if not depth.empty}
+    span = max((float(d.index[-1]) for d in depths.values()), default=0.0) - min(
+        (float(d.index[0]) for d in depths.values()), default=0.0)
+    unit, scale = _time_unit(span)
+    for label, depth in depths.items():
         times, values = depth.index.to_numpy(dtype=float), depth.to_numpy(dtype=float)
-        span = times[-1] - times[0]
-        mean = float(np.sum(values[:-1] * np.diff(times)) / span) if span > 0 else 0.0
-        axes.step(times, values, where="post", linewidth=1, alpha=0.85,
+        length = times[-1] - times[0]
+        mean = float(np.sum(values[:-1] * np.diff(times)) / length) if length > 0 else 0.0
+        axes.step(times / scale, values, where="post", linewidth=1, alpha=0.85,
                   label=f"{label or 'queue depth'} (mean {mean:.3g}, max {values.max():g})")
-        drawn += 1
-    axes.set(xlabel="time (s)", ylabel="jobs waiting in queue", title="Queue depth over time")
+    axes.set(xlabel=f"time ({unit})", ylabel="jobs waiting in queue",
+             title="Queue depth over time")
+    if not depths:
+        note(axes, "no jobs")
     axes.set_ylim(bottom=0)
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
-    if not drawn:
-        note(axes, "no jobs")
     legend_outside(axes)
     return result
 
@@ -187,34 +197,34 @@ def latency_cdf(frames: Frames, *, ax: Axes | None = None,
     """Empirical CDFs of completed jobs' latency, one line per labelled frame, log x.
 
     Read a percentile off the dotted p99 line; the red line is the ``slo``. The
-    legend gives each configuration's p99.
+    legend gives each configuration's p99. A latency of 0 (which a log axis
+    cannot show) is drawn at the left edge.
     """
     axes, result = target(ax)
     axes.set_xscale("log")
     axes.set(xlabel="latency, arrival to end (s)", ylabel="fraction of completed jobs",
              title="Latency CDF of completed jobs")
-    latencies = []
-    for label, frame in _labelled(frames).items():
-        latency = np.sort(_latency(frame))
-        if latency.size == 0:
-            continue
-        latencies.append(latency)
+    latencies = {label: np.sort(_latency(frame)) for label, frame in _labelled(frames).items()}
+    latencies = {label: latency for label, latency in latencies.items() if latency.size}
+    pooled = np.concatenate(list(latencies.values())) if latencies else np.empty(0)
+    positive = pooled[pooled > 0]
+    # a log axis cannot show 0: zero latencies sit at the left edge, below every other
+    floor = float(positive.min()) / 2 if positive.size else 1e-3
+    for label, latency in latencies.items():
         p99 = float(np.percentile(latency, 99))
-        name = "latency" if label is None else label
         fraction = np.arange(1, latency.size + 1) / latency.size
-        axes.step(latency, fraction, where="post", linewidth=1.5,
-                  label=f"{name} (p99 {p99:.3g} s{_over(latency, slo)})")
+        axes.step(np.maximum(latency, floor), fraction, where="post", linewidth=1.5,
+                  label=f"{label or 'latency'} (p99 {p99:.3g} s{_over(latency, slo)})")
     axes.set_ylim(0, 1.02)
     axes.yaxis.set_major_formatter(PercentFormatter(1.0))
     if not latencies:
         note(axes, "no completed jobs")
     else:
         axes.axhline(0.99, color="0.5", linestyle=":", linewidth=1, label="p99")
-        pooled = np.concatenate(latencies)
-        low = float(np.percentile(pooled, 1))  # the tail below p1 only squeezes the plot
-        if low > 0:
-            low = min(low, slo) if slo is not None and slo > 0 else low
-            axes.set_xlim(left=low / 2)
+        low = max(float(np.percentile(pooled, 1)), floor)  # below p1 only squeezes the plot
+        if slo is not None and slo > 0:
+            low = min(low, slo)
+        axes.set_xlim(left=low / 2)
     _slo_line(axes, slo)
     legend_outside(axes)
     return result
@@ -233,11 +243,11 @@ def shutdown_timeline(frame: pd.DataFrame, *, shutdown_at: float, grace_s: float
     One row per job in the system at ``shutdown_at`` (running first, by start,
     then queued, by arrival; at most ``max_jobs``, the title says how many were
     left out): a light bar while queued, a solid bar while running, coloured by
-    final status. Lines mark the shutdown (SIGTERM) and the end of the grace
-    period (SIGKILL; Kubernetes' default ``terminationGracePeriodSeconds`` is
-    30 s). A job still in the system at the deadline (``end_s`` later, or
-    unknown) would be killed: it is marked x, and its time past the deadline
-    is hatched.
+    final status, on a time axis in seconds since the shutdown. Lines mark the
+    shutdown (SIGTERM, at 0) and the end of the grace period (SIGKILL, at
+    ``grace_s``; Kubernetes' default ``terminationGracePeriodSeconds`` is 30 s).
+    A job still in the system at the deadline (``end_s`` later, or unknown)
+    would be killed: it is marked x, and its time past the deadline is hatched.
     """
     require(frame, "frame", "job_id", *_NEEDS)
     if not grace_s >= 0:
@@ -245,14 +255,15 @@ def shutdown_timeline(frame: pd.DataFrame, *, shutdown_at: float, grace_s: float
     if max_jobs < 1:
         raise ConfigError("max_jobs", max_jobs, "an integer >= 1")
     axes, result = target(ax, figsize=(10.0, 6.0))
-    deadline = shutdown_at + grace_s
+    # times relative to the shutdown: SIGTERM at 0, SIGKILL at grace_s
+    deadline = grace_s
     status = frame["status"].astype(str).to_numpy()
-    arrival = frame["arrival_s"].to_numpy(dtype=float)
-    start = frame["start_s"].to_numpy(dtype=float)
-    end = frame["end_s"].to_numpy(dtype=float)
+    arrival = frame["arrival_s"].to_numpy(dtype=float) - shutdown_at
+    start = frame["start_s"].to_numpy(dtype=float) - shutdown_at
+    end = frame["end_s"].to_numpy(dtype=float) - shutdown_at
     open_end = np.where(np.isnan(end), np.inf, end)
-    inside = (status != Status.REJECTED) & (arrival <= shutdown_at) & (open_end >= shutdown_at)
-    running = inside & (start <= shutdown_at)
+    inside = (status != Status.REJECTED) & (arrival <= 0) & (open_end >= 0)
+    running = inside & (start <= 0)
     order = np.concatenate([
         np.flatnonzero(running)[np.argsort(start[running], kind="stable")],
         np.flatnonzero(inside & ~running)[np.argsort(arrival[inside & ~running], kind="stable")],
@@ -262,8 +273,9 @@ def shutdown_timeline(frame: pd.DataFrame, *, shutdown_at: float, grace_s: float
     title = f"Shutdown at {shutdown_at:g} s, {grace_s:g} s grace: {total:,} jobs in the system"
     if total > shown.size:
         title += f" (first {shown.size} shown)"
-    axes.set(xlabel="time (s)", ylabel="job id (running first, then queued)", title=title)
-    axes.axvline(shutdown_at, color="black", linewidth=1.5, label="shutdown (SIGTERM)")
+    axes.set(xlabel=f"time since shutdown (s; SIGTERM at {shutdown_at:g} s)",
+             ylabel="job id (running first, then queued)", title=title)
+    axes.axvline(0.0, color="black", linewidth=1.5, label="shutdown (SIGTERM)")
     axes.axvline(deadline, color=SLO_COLOR, linewidth=1.5, linestyle="--",
                  label=f"grace deadline +{grace_s:g} s (SIGKILL)")
     if total == 0:
@@ -274,7 +286,7 @@ def shutdown_timeline(frame: pd.DataFrame, *, shutdown_at: float, grace_s: float
     rows = np.arange(shown.size)
     first = arrival[shown]
     # long waits before the shutdown run off the left edge rather than squeeze the view
-    left = max(float(first.min()), shutdown_at - 2 * max(grace_s, 1.0))
+    left = max(float(first.min()), -2 * max(grace_s, 1.0))
     window = max(deadline - left, 1e-9)
     right = deadline + 0.15 * window
     s, e = start[shown], np.minimum(open_end[shown], right + window)  # open ends run off the edge
@@ -300,7 +312,7 @@ def shutdown_timeline(frame: pd.DataFrame, *, shutdown_at: float, grace_s: float
     else:
         exit_s = float(open_end[order].max())
         axes.axvline(exit_s, color="0.3", linestyle=":", linewidth=1.5,
-                     label=f"last job out: {exit_s - shutdown_at:.3g} s after SIGTERM")
+                     label=f"last job out: {exit_s:.3g} s after SIGTERM")
     axes.set_xlim(left - 0.03 * window, right)
     axes.set_ylim(shown.size - 0.5, -0.5)  # first row on top
     stride = max(1, math.ceil(shown.size / 30))

@@ -197,11 +197,13 @@ def summarize(frame: pd.DataFrame, *, workers: int | None = None) -> Summary:
 
 
 def queue_depth(frame: pd.DataFrame) -> pd.Series:
-    """Step series of how many jobs wait in the queue, indexed by time in seconds.
+    """Step series of how many jobs wait for a worker, indexed by time in seconds.
 
     A job waits from its arrival until it starts or, if it never starts
-    (dropped, returned, cancelled while queued), until its end. Rejected jobs
-    and jobs the caller ran itself never wait.
+    (dropped, returned, cancelled while queued), until its end — in the
+    queue, or under ``block`` in ``submit`` for a place, so under ``block``
+    the depth can exceed ``queue_size``. Rejected jobs and jobs the caller
+    ran itself never wait.
     """
     status = frame["status"].astype(str).to_numpy()
     worker = frame["worker"].to_numpy(dtype=float, na_value=np.nan)

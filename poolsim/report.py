@@ -65,11 +65,14 @@ def _load(trace: pd.DataFrame) -> _Load:
 
 
 def default_workers(load: _Load) -> list[int]:
-    """Worker counts worth sweeping: from the average load to twice the busiest minute's."""
+    """Worker counts worth sweeping: from the average load to twice the busiest minute's,
+    every count for the first 16, then about 12 % apart."""
     low = max(1, math.floor(load.offered) if math.isfinite(load.offered) else 1)
     high = max(low + 4, math.ceil(2 * load.peak_offered) + 1)
-    step = max(1, math.ceil((high - low) / 24))
-    return list(range(low, high + 1, step))
+    counts = list(range(low, min(high, low + 15) + 1))
+    while counts[-1] < high:
+        counts.append(min(high, max(counts[-1] + 1, round(counts[-1] * 1.12))))
+    return counts
 
 
 def plan(
@@ -92,8 +95,10 @@ def plan(
     The SLO: p99 latency of completed jobs at most ``p99`` seconds, and at
     most ``max_reject`` of the jobs refused (rejected or dropped).
     """
+    from poolsim.sim.sweep import check_slo
     from poolsim.traces import load_trace
 
+    p99, max_reject = check_slo(p99, max_reject)
     trace = load_trace(trace)
     base = base or PoolConfig()
     load = _load(trace)
@@ -117,10 +122,9 @@ def plan(
                 for policy in Backpressure}
     depth = best.queue_depth()
     busiest = float(depth.index[int(np.argmax(depth.to_numpy()))]) if len(depth) else 0.0
-    shutdowns = {policy: simulate(trace, config.replace(shutdown=policy,
-                                                        shutdown_timeout=grace_s),
-                                  seed=seed, runtime=runtime, shutdown_at=busiest)
-                 for policy in ShutdownPolicy}
+    shutdowns = {policy: simulate(trace, config.replace(shutdown=policy), seed=seed,
+                                  runtime=runtime, shutdown_at=busiest)
+                 for policy in ShutdownPolicy}  # with base's shutdown_timeout; kills at grace_s
 
     charts = {
         "sweep": ("Sweep: p99 latency and rejection rate over workers x queue size",
@@ -176,7 +180,10 @@ def _checks(trace_jobs: int, best: SimResult, load: _Load) -> list[str]:
     little = littles_law(best.jobs)
     lines.append(f"{little} (accepted throughput, completed jobs).")
     c = best.config.workers
-    if math.isfinite(load.rate) and load.rate * load.mean_service < c:
+    if not (math.isfinite(load.rate) and load.rate > 0 and load.mean_service > 0):
+        lines.append("Erlang C cross-check: not defined for this trace (it needs arrivals "
+                     "spread over time and jobs that take time).")
+    elif load.rate * load.mean_service < c:
         theory = mmc(load.rate, load.mean_service, c)
         lines.append(
             f"Erlang C cross-check (M/M/{c} with the trace's mean rate {load.rate:.4g}/s and "
@@ -198,7 +205,7 @@ def _table(rows: Sequence[tuple[str, ...]], header: tuple[str, ...]) -> str:
 
 
 def _summary_row(label: str, s: Summary) -> tuple[str, ...]:
-    refused = (s.counts["rejected"] + s.counts["dropped"]) / s.jobs if s.jobs else math.nan
+    refused = (s.counts["rejected"] + s.counts["dropped"] + s.counts["timeout"]) / s.jobs
     return (label, _secs(s.latency_p50), _secs(s.latency_p95), _secs(s.latency_p99),
             _secs(s.wait_p99), f"{refused:.3%}", f"{s.utilisation:.1%}")
 
@@ -242,8 +249,8 @@ figcaption {{ color: #555; font-style: italic; }}
 </style></head><body>
 <h1>Capacity plan: {html.escape(title)}</h1>
 <p class="verdict">{html.escape(chosen.reason)}</p>
-<p>SLO: p99 latency &le; {p99:g} s and at most {max_reject:.3%} of jobs refused (rejected or
-dropped). The recommended configuration {verdict} it:
+<p>SLO: p99 latency &le; {p99:g} s and at most {max_reject:.3%} of jobs refused or timed out
+(rejected, dropped or timeout). The recommended configuration {verdict} it:
 <code>{html.escape(repr(config))}</code>.</p>
 <h2>The load</h2>
 <p>{load.jobs:,} jobs over {load.span_s:,.0f} s: {load.rate:.4g} jobs/s on average, mean

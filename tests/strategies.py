@@ -162,3 +162,31 @@ def raw_trace_frames(draw: st.DrawFn, max_rows: int = 40) -> pd.DataFrame:
     if draw(st.booleans()):
         raw.index = pd.Index(np.arange(len(raw)) * 3 + 7)
     return raw
+
+# -- sweep tables ---------------------------------------------------------------------
+
+SWEEP_JOBS = 20
+sweep_queue_sizes = st.sampled_from([0, 1, 10, None])
+_sweep_latencies = st.sampled_from([0.5, 1.0, 2.0, 5.0, 30.0, math.nan])
+
+
+@st.composite
+def sweep_tables(draw: st.DrawFn, max_rows: int = 16) -> pd.DataFrame:
+    """A sweep result as :func:`poolsim.sweep` shapes it (the PoolConfig columns, ``jobs``,
+    ``n_rejected``, ``n_dropped``, ``n_timeout``, ``latency_p99``), with made-up outcomes: repeated and
+    shuffled configurations, unbounded queues as NaN, NaN latencies (nothing completed)."""
+    rows = []
+    for _ in range(draw(st.integers(1, max_rows))):
+        rejected = draw(st.integers(0, SWEEP_JOBS))
+        dropped = draw(st.integers(0, SWEEP_JOBS - rejected))
+        queue = draw(sweep_queue_sizes)
+        rows.append({"workers": draw(st.integers(1, 6)),
+                     "queue_size": math.nan if queue is None else queue,
+                     "backpressure": draw(st.sampled_from(["reject", "drop_oldest"])),
+                     "block_timeout": 1.0, "job_timeout": math.nan, "shutdown": "drain",
+                     "shutdown_timeout": math.nan, "jobs": SWEEP_JOBS,
+                     "n_rejected": rejected,
+                     "n_dropped": dropped,
+                     "n_timeout": draw(st.integers(0, SWEEP_JOBS - rejected - dropped)),
+                     "latency_p99": draw(_sweep_latencies)})
+    return pd.DataFrame(rows)

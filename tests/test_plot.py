@@ -7,6 +7,7 @@ build ``Figure()`` objects and never touch pyplot's global state.
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import subprocess
 import sys
@@ -169,6 +170,15 @@ def test_queue_depth_chart_compares_labelled_frames_on_a_given_axes() -> None:
 # -- latency histogram ---------------------------------------------------------------------
 
 
+def test_queue_depth_chart_of_days_reads_in_days() -> None:
+    day = 86_400.0
+    frame = jobs_frame([rec(0, 0.0, 0.0, 1.0, "completed"), rec(1, 0.5, 1.0, 2.0, "completed"),
+                        rec(2, 4 * day, 4 * day + 60, 4 * day + 61, "completed")])
+    ax = only_axes(plot.queue_depth_chart(frame))
+    assert ax.get_xlabel() == "time (days)"
+    assert xs(ax.lines[0]) == pytest.approx(list(queue_depth(frame).index / day))
+
+
 def test_latency_histogram_counts_completed_jobs_in_log_bins() -> None:
     latencies = [0.05, 0.2, 0.3, 0.7, 2.0, 2.5, 40.0]
     extra = [rec(99, 0.0, 0.0, 500.0, "failed"), rec(98, 0.0, NAN, 0.0, "rejected", None)]
@@ -225,6 +235,19 @@ def test_latency_cdf_compares_configs_with_p99_in_the_legend() -> None:
     assert labels[0] == "fast (p99 0.397 s, 0.0% over SLO)"
     assert labels[1] == "slow (p99 1.99 s, 50.0% over SLO)"
     assert labels[-1] == "SLO 1.5 s"
+
+
+@pytest.mark.filterwarnings("error")
+def test_zero_latencies_sit_at_the_left_edge_of_a_log_axis_without_warnings() -> None:
+    instant = {"instant": frame_of([0.0, 0.0, 0.0])}
+    ax = only_axes(plot.latency_cdf(instant, slo=1.0))
+    assert ys(ax.lines[0]) == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert 0 < ax.get_xlim()[0] <= min(xs(ax.lines[0]))
+    mixed_zero = only_axes(plot.latency_cdf(frame_of([0.0, 0.5, 2.0])))
+    assert xs(mixed_zero.lines[0]) == [0.25, 0.5, 2.0]
+    fig = plot.latency_histogram(instant["instant"], slo=1.0)
+    assert sum(p.get_height() for p in bars(only_axes(fig))) == 3
+    fig.savefig(io.BytesIO(), format="png")
 
 
 def test_latency_cdf_of_one_frame_on_a_given_axes() -> None:
@@ -313,6 +336,18 @@ def test_sweep_heatmaps_puts_p99_and_rejection_side_by_side() -> None:
     heatmaps = [ax for ax in fig.axes if ax.images]
     assert [ax.get_title().split(" by")[0] for ax in heatmaps] == ["p99 latency", "rejection rate"]
     assert len(fig.axes) == 4  # two heatmaps and their colour bars
+    top, bottom = heatmaps
+    assert top.get_position().y0 == bottom.get_position().y0  # side by side
+
+
+def test_sweep_heatmaps_of_many_worker_counts_are_stacked_and_compact() -> None:
+    grid = pd.DataFrame([grid_row(w, q, latency_p99=1234.5 * w, rejection_rate=0.00063)
+                         for w in range(1, 19) for q in (0, None)])
+    fig = plot.sweep_heatmaps(grid)
+    top, bottom = [ax for ax in fig.axes if ax.images]
+    assert top.get_position().y0 > bottom.get_position().y0  # one above the other
+    assert texts(top)[:3] == ["1.23k", "2.47k", "3.7k"]
+    assert texts(bottom)[0] == "0.063%"
 
 
 def test_policy_bars_compare_policies_one_panel_per_metric() -> None:
@@ -329,6 +364,7 @@ def test_policy_bars_compare_policies_one_panel_per_metric() -> None:
     assert texts(reject) == ["10%", "10%", "10%"]
     assert drop.get_ylim() == (0.0, 0.01)  # all zero: a 0..1 % scale, not a negative one
     assert fig.get_suptitle() == "Comparison by backpressure"
+    assert plot.policy_bars(picked, title="At 2 workers").get_suptitle() == "At 2 workers"
 
 
 def test_policy_bars_take_labelled_summaries() -> None:
@@ -386,14 +422,16 @@ def test_shutdown_timeline_shows_jobs_in_the_system_at_shutdown() -> None:
     assert len(queued) == len(running) == 5
     # running jobs first by start, then queued ones by arrival
     assert [t.get_text() for t in ax.get_yticklabels()] == ["1", "2", "3", "4", "5"]
+    # times are seconds since the shutdown: SIGTERM at 0, SIGKILL at +5
     assert [(p.get_x(), p.get_width()) for p in queued] == [
-        (6.0, 0.0), (7.0, 1.0), (9.0, 0.5), (9.0, 1.0), (9.5, 0.5)]
-    assert [(p.get_x(), p.get_width()) for p in running][:3] == [(6.0, 6.0), (8.0, 7.0),
-                                                                  (9.5, 1.0)]  # 2 is cut at 15
+        (-4.0, 0.0), (-3.0, 1.0), (-1.0, 0.5), (-1.0, 1.0), (-0.5, 0.5)]
+    assert [(p.get_x(), p.get_width()) for p in running][:3] == [(-4.0, 6.0), (-2.0, 7.0),
+                                                                  (-0.5, 1.0)]  # 2 is cut at 5
     assert [p.get_width() for p in beyond] == [0.0, 5.0, 0.0, 0.0, 0.0]
     assert running[0].get_facecolor() == to_rgba(
         plot.STATUS_COLORS[Status.COMPLETED])
-    assert vlines_at(ax) == [10.0, 15.0]
+    assert vlines_at(ax) == [0.0, 5.0]
+    assert ax.get_xlabel() == "time since shutdown (s; SIGTERM at 10 s)"
     killed = [line for line in ax.lines if line.get_marker() == "x"]
     assert len(killed) == 1 and ys(killed[0]) == [1]
     assert ax.get_title() == "Shutdown at 10 s, 5 s grace: 5 jobs in the system"
@@ -405,7 +443,7 @@ def test_shutdown_timeline_shows_jobs_in_the_system_at_shutdown() -> None:
 def test_shutdown_timeline_marks_when_the_last_job_left_if_none_is_killed() -> None:
     ax = Figure().add_subplot()
     assert plot.shutdown_timeline(shutdown_frame(), shutdown_at=10.0, ax=ax) is ax  # 30 s grace
-    assert vlines_at(ax) == [10.0, 40.0, 20.0]
+    assert vlines_at(ax) == [0.0, 30.0, 10.0]
     assert "last job out: 10 s after SIGTERM" in legend_texts(ax)
     assert not [line for line in ax.lines if isinstance(line, Line2D) and line.get_marker() == "x"]
 
@@ -451,7 +489,7 @@ def test_empty_input_gives_a_labelled_chart_with_a_note(name: str, draw: Any,
     ax = fig.axes[0]
     assert message in texts(ax)
     assert ax.get_xlabel() and ax.get_title()
-    fig.savefig(__import__("io").BytesIO(), format="png")  # and it still renders
+    fig.savefig(io.BytesIO(), format="png")  # and it still renders
 
 
 def test_a_frame_without_the_jobs_columns_is_a_config_error() -> None:

@@ -14,6 +14,7 @@ import dataclasses
 import itertools
 import math
 import multiprocessing
+import numbers
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -155,20 +156,31 @@ class Recommendation:
     reason: str
 
 
+def check_slo(p99: Any, max_reject: Any) -> tuple[float, float]:
+    """An SLO's limits, checked: p99 latency in seconds >= 0, and a share from 0 to 1."""
+    for name, value, top in (("p99", p99, math.inf), ("max_reject", max_reject, 1.0)):
+        if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                or not (math.isfinite(value) and 0 <= value <= top)):
+            allowed = "a finite number of seconds >= 0" if name == "p99" else (
+                "a share of jobs from 0 to 1 (0.001 is 0.1 %)")
+            raise ConfigError(name, value, allowed)
+    return float(p99), float(max_reject)
+
+
 def recommend(grid: pd.DataFrame, *, p99: float, max_reject: float) -> Recommendation:
     """The cheapest row of a sweep with ``latency_p99 <= p99`` and at most ``max_reject``
-    of the jobs refused (rejected or dropped).
+    of the jobs refused or timed out (``n_rejected + n_dropped + n_timeout``).
 
     Cheapest means fewest workers, then the smallest queue (an unbounded queue
-    last). When no row meets both limits the result says which one binds.
+    last). When no row meets both limits the result says which one binds, and
+    offers the row that misses them by the least (relative to each limit).
     """
+    p99, max_reject = check_slo(p99, max_reject)
     if grid.empty:
         raise ConfigError("grid", "empty sweep", "a sweep with at least one row")
-    for name, value in (("p99", p99), ("max_reject", max_reject)):
-        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-            raise ConfigError(name, value, "a finite number >= 0")
+    refused = (grid["n_rejected"] + grid["n_dropped"] + grid["n_timeout"]) / grid["jobs"]
     ranked = grid.assign(_queue=grid["queue_size"].fillna(math.inf).astype(float),
-                         refused=(grid["n_rejected"] + grid["n_dropped"]) / grid["jobs"])
+                         refused=refused)
     ranked = ranked.sort_values(["workers", "_queue"], kind="stable")
     fast_enough = ranked["latency_p99"] <= p99
     kept = ranked["refused"] <= max_reject
@@ -180,18 +192,18 @@ def recommend(grid: pd.DataFrame, *, p99: float, max_reject: float) -> Recommend
                               f"{best['refused']:.3%} refused <= {max_reject:.3%}.")
     binding = tuple(name for name, ok in (("p99", fast_enough), ("max_reject", kept))
                     if not ok.any()) or ("p99", "max_reject")
-    closest = ranked.assign(
-        _miss=np.maximum(ranked["latency_p99"] / p99 if p99 else np.inf, 1)
-        * np.maximum(ranked["refused"] / max_reject if max_reject else np.inf, 1),
-    ).sort_values("_miss", kind="stable").iloc[0]
-    best_p99 = ranked["latency_p99"].min()
-    best_refused = ranked["refused"].min()
+    tiny = 1e-9  # a limit of 0 makes any excess count a lot, not infinitely
+    miss = (np.maximum(ranked["latency_p99"].fillna(math.inf) - p99, 0) / max(p99, tiny)
+            + np.maximum(ranked["refused"] - max_reject, 0) / max(max_reject, tiny))
+    closest = ranked.assign(_miss=miss).sort_values("_miss", kind="stable").iloc[0]
+    verb = "binds" if len(binding) == 1 else "bind"
     return Recommendation(
         False, _config(closest), _public(closest), binding,
         f"No configuration meets the SLO: the lowest p99 latency in the sweep is "
-        f"{best_p99:.4g} s (limit {p99:g} s) and the lowest refused share is "
-        f"{best_refused:.3%} (limit {max_reject:.3%}); {' and '.join(binding)} binds. "
-        f"Closest: {_describe(closest)}. Sweep more workers or a larger queue.")
+        f"{ranked['latency_p99'].min():.4g} s (limit {p99:g} s) and the lowest refused share "
+        f"is {ranked['refused'].min():.3%} (limit {max_reject:.3%}); "
+        f"{' and '.join(binding)} {verb}. Closest: {_describe(closest)}. "
+        f"Sweep more workers or a larger queue.")
 
 
 def _config(row: pd.Series) -> PoolConfig:
