@@ -3,7 +3,9 @@
 The public API is what this module exports; see ``docs/reference/``.
 """
 
+from poolsim import plot
 from poolsim.aio import AsyncWorkerPool
+from poolsim.calibrate import ServiceFit, fit
 from poolsim.config import Backpressure, PoolConfig, ShutdownPolicy
 from poolsim.errors import (
     ConfigError,
@@ -30,6 +32,7 @@ from poolsim.records import (
     queue_depth,
     summarize,
 )
+from poolsim.replay import ReplayResult, compare, replay
 from poolsim.reshape import compress, from_timestamps, scale_load, window
 from poolsim.shutdown import ReturnedJob, ShutdownReport, SignalShutdown, install_signal_handlers
 from poolsim.sim import Recommendation, SimResult, SimShutdown, recommend, simulate, sweep
@@ -56,7 +59,9 @@ __all__ = [
     "PoolsimError",
     "QueueFull",
     "Recommendation",
+    "ReplayResult",
     "ReturnedJob",
+    "ServiceFit",
     "ServiceTime",
     "ShutdownPolicy",
     "ShutdownReport",
@@ -69,18 +74,22 @@ __all__ = [
     "TraceError",
     "WorkerPool",
     "bursty",
+    "compare",
     "compress",
     "current_job",
     "diurnal",
+    "fit",
     "from_counts",
     "from_timestamps",
     "install_signal_handlers",
     "jobs_frame",
     "list_traces",
     "load_trace",
+    "plot",
     "poisson",
     "queue_depth",
     "recommend",
+    "replay",
     "scale_load",
     "simulate",
     "summarize",

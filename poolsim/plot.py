@@ -40,6 +40,7 @@ from poolsim.records import Status, queue_depth
 
 __all__ = [
     "STATUS_COLORS",
+    "comparison",
     "latency_cdf",
     "latency_histogram",
     "policy_bars",
@@ -228,6 +229,18 @@ def latency_cdf(frames: Frames, *, ax: Axes | None = None,
     _slo_line(axes, slo)
     legend_outside(axes)
     return result
+
+
+def comparison(real: pd.DataFrame, simulated: pd.DataFrame, *,
+               labels: tuple[str, str] = ("real pool", "model")) -> Figure:
+    """Two runs of one trace on one figure: latency CDFs, then queue depth over time
+    (what :func:`poolsim.replay.compare` tabulates, drawn)."""
+    figure = Figure(figsize=(11.0, 7.5), layout="constrained")
+    top, bottom = figure.subplots(2, 1)
+    frames = dict(zip(labels, (real, simulated), strict=True))
+    latency_cdf(frames, ax=top)
+    queue_depth_chart(frames, ax=bottom)
+    return figure
 
 
 @overload

@@ -496,3 +496,17 @@ def test_a_frame_without_the_jobs_columns_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="status") as info:
         plot.queue_depth_chart({"a": EMPTY.drop(columns="status")})
     assert info.value.field == "frames['a']"
+
+
+def test_comparison_draws_both_runs_on_one_figure() -> None:
+    from poolsim import JobRecord, jobs_frame
+
+    real = jobs_frame([JobRecord(0, "t", "q", 0.0, 0.1, 1.1, "completed", 0, 1),
+                       JobRecord(1, "t", "q", 0.5, 1.1, 2.0, "completed", 0, 1)])
+    model = jobs_frame([JobRecord(0, "t", "q", 0.0, 0.0, 1.0, "completed", 0, 1),
+                        JobRecord(1, "t", "q", 0.5, 1.0, 2.0, "completed", 0, 1)])
+    figure = plot.comparison(real, model)
+    cdf, depth = figure.axes[:2]
+    assert [line.get_label().split(" (")[0] for line in cdf.get_lines()[:2]] == [
+        "real pool", "model"]
+    assert len([line for line in depth.get_lines() if line.get_label()[0] != "_"]) == 2
