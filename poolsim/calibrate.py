@@ -2,7 +2,8 @@
 
 ``fit(records)`` reads a jobs frame — a real pool's ``records()``, a replay, or
 a durable queue's history — and learns, per task type, how long jobs ran
-(``end_s - start_s`` of completed jobs): their empirical distribution, and
+(``end_s - start_s`` of completed jobs; timed-out ones count as just over
+their timeout): their empirical distribution, and
 optionally a parametric fit. ``.trace(seed=)`` then rebuilds a trace from the
 same arrivals, so last week's records become a what-if in two calls::
 
@@ -80,11 +81,13 @@ class ServiceFit:
 
 def fit(frame: pd.DataFrame, *, parametric: Parametric | None = None,
         min_jobs: int = 10) -> ServiceFit:
-    """Learn per-task-type service times from a jobs frame's completed jobs.
+    """Learn per-task-type service times from a jobs frame's completed and timed-out jobs.
 
-    A task type with fewer than ``min_jobs`` completed jobs borrows the
-    service times of all task types together. Raises :class:`TraceError`
-    if the frame has no completed job to learn from.
+    A timed-out job's service time is censored — it ran at least its timeout
+    — so it counts as just over its timeout: the tail beyond a timeout cannot
+    be seen. A task type with fewer than ``min_jobs`` measured jobs borrows
+    the service times of all task types together. Raises :class:`TraceError`
+    if the frame has no job that ran to learn from.
     """
     if parametric is not None and parametric not in PARAMETRIC:
         raise ConfigError("parametric", parametric,
@@ -93,10 +96,16 @@ def fit(frame: pd.DataFrame, *, parametric: Parametric | None = None,
                if c not in frame.columns]
     if missing:
         raise TraceError(f"not a jobs frame: missing columns {missing}", column=missing[0])
-    done = frame[frame["status"].astype(str) == Status.COMPLETED.value]
-    service = (done["end_s"] - done["start_s"]).to_numpy(float)
+    status = frame["status"].astype(str)
+    done = frame[status.isin([Status.COMPLETED.value, Status.TIMEOUT.value])]
+    service = np.array(done["end_s"] - done["start_s"], dtype=float)  # a copy we may change
+    # a timed-out job ran at least its timeout, how much longer is unknown: count it as just
+    # over, so a simulation with the same timeout times it out again
+    late = (done["status"].astype(str) == Status.TIMEOUT.value).to_numpy()
+    service[late] = np.nextafter(service[late], np.inf)
     if not len(service):
-        raise TraceError("no completed job to learn service times from", column="status")
+        raise TraceError("no completed or timed-out job to learn service times from",
+                         column="status")
     everyone = np.sort(service)
     observed: dict[str, np.ndarray] = {}
     types = done["task_type"].astype(str).to_numpy()

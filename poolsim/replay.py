@@ -112,17 +112,21 @@ def replay(
                                                shutdown_at, work)
     for column in ("arrival_s", "start_s", "end_s"):
         frame[column] = (frame[column] - began) / time_scale
+    closed = [(job, (when - began) / time_scale) for job, when in closed]
     frame = _in_trace_order(frame, trace, closed)
     return ReplayResult(config, frame, time_scale, wall, runtime, report)
 
 
-def _in_trace_order(frame: pd.DataFrame, trace: pd.DataFrame, closed: list[int]) -> pd.DataFrame:
-    """Rows renumbered as trace jobs (by arrival order), plus the arrivals refused after
-    shutdown, which the pool never saw."""
+def _in_trace_order(frame: pd.DataFrame, trace: pd.DataFrame,
+                    closed: list[tuple[int, float]]) -> pd.DataFrame:
+    """Rows renumbered as trace jobs (by arrival order), plus the arrivals that shutdown
+    refused, which the pool never saw (``closed``: job, and when in trace seconds)."""
+    jobs = [job for job, _ in closed]
+    arrived = trace["arrival_s"].iloc[jobs].to_numpy()
     refused = pd.DataFrame({
-        "job_id": -1, "task_type": trace["task_type"].iloc[closed].astype(str).to_numpy(),
-        "queue": "default", "arrival_s": trace["arrival_s"].iloc[closed].to_numpy(),
-        "start_s": math.nan, "end_s": trace["arrival_s"].iloc[closed].to_numpy(),
+        "job_id": -1, "task_type": trace["task_type"].iloc[jobs].astype(str).to_numpy(),
+        "queue": "default", "arrival_s": arrived, "start_s": math.nan,
+        "end_s": np.maximum(arrived, [when for _, when in closed]),
         "status": Status.REJECTED.value, "worker": None, "attempt": 1})
     rows = pd.concat([frame, refused[list(JOBS_COLUMNS)]], ignore_index=True)
     rows = rows.sort_values(["arrival_s", "job_id"], kind="stable", ignore_index=True)
@@ -131,15 +135,20 @@ def _in_trace_order(frame: pd.DataFrame, trace: pd.DataFrame, closed: list[int])
     return jobs_frame({column: rows[column] for column in JOBS_COLUMNS})
 
 
+Driven = tuple[float, list[tuple[int, float]], pd.DataFrame, ShutdownReport | None, float]
+
+
 def _drive_threads(config: PoolConfig, arrival: np.ndarray, service: list[float],
-                   task_type: list[str], scale: float, shutdown_at: float | None, work: Work
-                   ) -> tuple[float, list[int], pd.DataFrame, ShutdownReport | None, float]:
+                   task_type: list[str], scale: float, shutdown_at: float | None,
+                   work: Work) -> Driven:
+    """Submit on schedule from this thread (or one thread per arrival); shut down on
+    schedule from another, as a SIGTERM would, whatever the submitters are doing."""
     pool = WorkerPool(config, record=True)
     run = _sleeper(work)
     own_thread = config.backpressure in (Backpressure.BLOCK, Backpressure.CALLER_RUNS)
-    closed: list[int] = []
+    closed: list[tuple[int, float]] = []  # (job, when PoolClosed refused it)
     submitters: list[threading.Thread] = []
-    report = None
+    reports: list[ShutdownReport] = []
 
     def submit(job: int) -> None:
         try:
@@ -147,16 +156,20 @@ def _drive_threads(config: PoolConfig, arrival: np.ndarray, service: list[float]
         except QueueFull:
             pass  # the pool recorded it
         except PoolClosed:
-            closed.append(job)
+            closed.append((job, time.monotonic()))
 
     began = time.monotonic()
-    for job, at in enumerate(arrival):
-        if shutdown_at is not None and report is None and at > shutdown_at:
+    stopper = None
+    if shutdown_at is not None:
+        def stop() -> None:
             _sleep_until(began + shutdown_at * scale)
-            report = pool.shutdown(config.shutdown)  # waits, as a real service's SIGTERM does
-        if report is None:  # once closed, the pool refuses at once: no need to wait for it
+            reports.append(pool.shutdown(config.shutdown))
+        stopper = threading.Thread(target=stop, name="replay-shutdown")
+        stopper.start()
+    for job, at in enumerate(arrival):
+        if not reports:  # once closed, the pool refuses at once: no need to wait for it
             _sleep_until(began + at * scale)
-        if own_thread and report is None:
+        if own_thread and not reports:
             thread = threading.Thread(target=submit, args=(job,), daemon=True)
             thread.start()
             submitters.append(thread)
@@ -164,31 +177,32 @@ def _drive_threads(config: PoolConfig, arrival: np.ndarray, service: list[float]
             submit(job)
     for thread in submitters:
         thread.join()
-    if report is None:
-        if shutdown_at is not None:
-            _sleep_until(began + shutdown_at * scale)
-        report = pool.shutdown(config.shutdown if shutdown_at is not None else "drain",
-                               math.inf if shutdown_at is None else None)
+    if stopper is not None:
+        stopper.join()
+    else:
+        pool.shutdown("drain", math.inf)
+    while pool.stats().running:  # jobs a deadline left running: let them end, then read
+        time.sleep(0.001)
     wall = time.monotonic() - began
-    return (began - pool._ledger.t0, closed, pool.records(),
-            report if shutdown_at is not None else None, wall)
+    return (began - pool._ledger.t0, [(j, t - pool._ledger.t0) for j, t in closed],
+            pool.records(), reports[0] if reports else None, wall)
 
 
 def _drive_async(config: PoolConfig, arrival: np.ndarray, service: list[float],
-                 task_type: list[str], scale: float, shutdown_at: float | None, work: Work
-                 ) -> tuple[float, list[int], pd.DataFrame, ShutdownReport | None, float]:
+                 task_type: list[str], scale: float, shutdown_at: float | None,
+                 work: Work) -> Driven:
     async def job(seconds: float) -> None:
         if work == "cpu":
             _sleeper("cpu")(seconds)
         else:
             await asyncio.sleep(seconds)
 
-    async def main() -> tuple[float, list[int], pd.DataFrame, ShutdownReport | None, float]:
+    async def main() -> Driven:
         pool = AsyncWorkerPool(config, record=True)
         own_task = config.backpressure in (Backpressure.BLOCK, Backpressure.CALLER_RUNS)
-        closed: list[int] = []
+        closed: list[tuple[int, float]] = []
         pending: list[asyncio.Task[None]] = []
-        report = None
+        reports: list[ShutdownReport] = []
 
         async def submit(i: int) -> None:
             try:
@@ -197,27 +211,32 @@ def _drive_async(config: PoolConfig, arrival: np.ndarray, service: list[float],
             except QueueFull:
                 pass
             except PoolClosed:
-                closed.append(i)
+                closed.append((i, time.monotonic()))
+
+        async def stop(at: float) -> None:
+            await asyncio.sleep(max(0.0, began + at * scale - time.monotonic()))
+            reports.append(await pool.shutdown(config.shutdown))
 
         loop = asyncio.get_running_loop()
         began = time.monotonic()
         async with pool:
+            stopper = None if shutdown_at is None else loop.create_task(stop(shutdown_at))
             for i, at in enumerate(arrival):
-                if shutdown_at is not None and report is None and at > shutdown_at:
-                    await asyncio.sleep(max(0.0, began + shutdown_at * scale - time.monotonic()))
-                    report = await pool.shutdown(config.shutdown)
-                if report is None:
+                if not reports:
                     await asyncio.sleep(max(0.0, began + at * scale - time.monotonic()))
-                if own_task and report is None:
+                if own_task and not reports:
                     pending.append(loop.create_task(submit(i)))
                 else:
                     await submit(i)
+            if stopper is not None:
+                await stopper
             await asyncio.gather(*pending)
-            if report is None and shutdown_at is not None:
-                await asyncio.sleep(max(0.0, began + shutdown_at * scale - time.monotonic()))
-                report = await pool.shutdown(config.shutdown)
+            while pool.stats().running:
+                await asyncio.sleep(0.001)
         wall = time.monotonic() - began
-        return began - pool._ledger.t0, closed, pool.records(), report, wall
+        t0 = pool._ledger.t0
+        return (began - t0, [(j, t - t0) for j, t in closed], pool.records(),
+                reports[0] if reports else None, wall)
 
     return asyncio.run(main())
 

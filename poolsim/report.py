@@ -25,7 +25,7 @@ from poolsim.config import Backpressure, PoolConfig, ShutdownPolicy
 from poolsim.records import Summary
 from poolsim.sim.model import Runtime, SimResult, simulate
 from poolsim.sim.sweep import Recommendation, recommend, sweep
-from poolsim.sim.theory import littles_law, mmc
+from poolsim.sim.theory import littles_law, mmc, mmck_for
 
 __all__ = ["Plan", "plan"]
 
@@ -93,7 +93,7 @@ def plan(
     """Sweep ``trace``, recommend a configuration for the SLO, and write the report.
 
     The SLO: p99 latency of completed jobs at most ``p99`` seconds, and at
-    most ``max_reject`` of the jobs refused (rejected or dropped).
+    most ``max_reject`` of the jobs refused or timed out (rejected, dropped, timeout).
     """
     from poolsim.sim.sweep import check_slo
     from poolsim.traces import load_trace
@@ -172,28 +172,40 @@ def _secs(x: float) -> str:
 
 
 def _checks(trace_jobs: int, best: SimResult, load: _Load) -> list[str]:
-    """Printed sanity checks: reconciliation, Little's law, an Erlang C cross-check."""
+    """Printed sanity checks: reconciliation, Little's law, a queueing-theory cross-check."""
     s = best.summary
     counted = sum(s.counts.values())
-    lines = [f"Every job accounted for: {trace_jobs:,} arrived = {counted:,} with an outcome "
-             f"(" + ", ".join(f"{n:,} {k}" for k, n in s.counts.items() if n) + ")."]
-    little = littles_law(best.jobs)
-    lines.append(f"{little} (accepted throughput, completed jobs).")
-    c = best.config.workers
+    in_system = trace_jobs - counted
+    lines = [f"Arrivals reconcile: {trace_jobs:,} arrived = "
+             + " + ".join(f"{n:,} {k}" for k, n in s.counts.items() if n)
+             + f" + {in_system:,} still in the system at the end."]
+    span = (float(best.jobs["arrival_s"].min()), float(best.jobs["end_s"].max()))
+    trim = 0.1 * (span[1] - span[0])  # the run starts empty and ends draining: skip both
+    if trim > 0:
+        little = littles_law(best.jobs, window=(span[0] + trim, span[1] - trim))
+        lines.append(f"{little} (the middle 80 % of the run, accepted throughput).")
+    config = best.config
     if not (math.isfinite(load.rate) and load.rate > 0 and load.mean_service > 0):
-        lines.append("Erlang C cross-check: not defined for this trace (it needs arrivals "
-                     "spread over time and jobs that take time).")
-    elif load.rate * load.mean_service < c:
-        theory = mmc(load.rate, load.mean_service, c)
+        lines.append("Queueing-theory cross-check: not defined for this trace (it needs "
+                     "arrivals spread over time and jobs that take time).")
+    elif config.queue_size is not None and config.backpressure is Backpressure.REJECT:
+        finite = mmck_for(config, load.rate, load.mean_service)
         lines.append(
-            f"Erlang C cross-check (M/M/{c} with the trace's mean rate {load.rate:.4g}/s and "
-            f"mean service {load.mean_service:.4g} s): utilisation {theory.rho:.1%}, P(wait) "
-            f"{theory.p_wait:.3f}, mean wait {theory.mean_wait:.4g} s; simulated mean wait "
-            f"{s.wait_mean:.4g} s. A real trace is burstier than Poisson, so expect the "
-            f"simulation to wait longer.")
+            f"M/M/c/K cross-check (c={config.workers}, K={config.capacity}, the trace's mean "
+            f"rate {load.rate:.4g}/s and mean service {load.mean_service:.4g} s): a Poisson "
+            f"load would be refused {finite.blocking:.3%} and wait {finite.mean_wait:.4g} s on "
+            f"average; this trace: {s.rejection_rate:.3%} and {s.wait_mean:.4g} s. A burstier "
+            f"load is refused more.")
+    elif load.rate * load.mean_service < config.workers:
+        theory = mmc(load.rate, load.mean_service, config.workers)
+        lines.append(
+            f"Erlang C cross-check (M/M/{config.workers} with the trace's mean rate "
+            f"{load.rate:.4g}/s and mean service {load.mean_service:.4g} s): utilisation "
+            f"{theory.rho:.1%}, P(wait) {theory.p_wait:.3f}, mean wait {theory.mean_wait:.4g} s; "
+            f"simulated mean wait {s.wait_mean:.4g} s (a burstier load waits longer).")
     else:
-        lines.append(f"Erlang C cross-check: at the mean rate, {c} workers are overloaded "
-                     f"(utilisation >= 100 %); only the queue limit keeps the pool bounded.")
+        lines.append(f"Erlang C cross-check: at the mean rate, {config.workers} workers are "
+                     f"overloaded (utilisation >= 100 %); only the queue limit bounds the pool.")
     return lines
 
 

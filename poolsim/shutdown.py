@@ -45,11 +45,12 @@ class ReturnedJob:
 class ShutdownReport:
     """What became of every job that was in the pool when shutdown started.
 
-    ``completed``: ids whose function returned (successfully or raising) before
-    the deadline. ``returned``: jobs handed back unstarted. ``cancelled``: ids
-    cancelled (dropped from the queue, or running and asked to stop).
-    ``still_running``: ids whose function was still executing when shutdown
-    returned — including cancelled or timed-out ones that have not stopped yet.
+    Each job is in exactly one field. ``completed``: ids whose function
+    returned (successfully or raising) before the deadline. ``returned``:
+    jobs handed back unstarted. ``cancelled``: ids cancelled (dropped from
+    the queue, or running and asked to stop — such a thread may still be
+    running). ``still_running``: ids whose function was still executing when
+    shutdown returned, timed-out ones included.
     """
 
     policy: ShutdownPolicy

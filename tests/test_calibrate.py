@@ -66,9 +66,18 @@ def test_bad_input_is_a_clear_error() -> None:
         fit(pd.DataFrame({"arrival_s": [0.0]}))
     assert missing.value.column == "task_type"
     nothing_done = records().assign(status="rejected")
-    with pytest.raises(TraceError, match="no completed job"):
+    with pytest.raises(TraceError, match="no completed or timed-out job"):
         fit(nothing_done)
     with pytest.raises(ConfigError):
         fit(records(), parametric="weibull")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         fit(records()).sample("unknown", 1, np.random.default_rng(0))
+
+
+def test_timed_out_jobs_count_so_a_resimulation_times_them_out_again() -> None:
+    trace = pd.DataFrame({"arrival_s": np.arange(200.0), "service_s": [0.5, 3.0] * 100})
+    config = PoolConfig(workers=4, queue_size=None, job_timeout=1.0)
+    original = simulate(trace, config).summary
+    again = simulate(fit(simulate(trace, config).jobs).trace(seed=1), config).summary
+    assert original.counts["timeout"] == 100
+    assert again.counts["timeout"] == pytest.approx(100, abs=30)  # resampled, not lost

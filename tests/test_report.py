@@ -109,11 +109,12 @@ def test_the_sanity_checks_are_printed(met: Plan) -> None:
     checks = [html.unescape(item) for item in re.findall(r"<li>(.*?)</li>",
                                                          section(met, "Sanity checks"))]
     assert len(checks) == 3
-    assert checks[0] == ("Every job accounted for: 106 arrived = 106 with an outcome "
-                         "(106 completed).")
+    assert checks[0] == ("Arrivals reconcile: 106 arrived = 106 completed + 0 still in the "
+                         "system at the end.")
     assert checks[1].startswith("Little's law over ")
-    assert checks[1].endswith("(accepted throughput, completed jobs).")
-    assert checks[2].startswith("Erlang C cross-check (M/M/6 with the trace's mean rate ")
+    assert checks[1].endswith("(the middle 80 % of the run, accepted throughput).")
+    assert checks[2].startswith(("Erlang C cross-check (M/M/6 with the trace's mean rate ",
+                                 "M/M/c/K cross-check (c=6, "))
 
 
 def test_the_shutdown_table_has_one_row_per_policy(met: Plan) -> None:

@@ -68,7 +68,7 @@ def _recursion(arrival: list[float], service: list[float], config: PoolConfig,
                runtime: str) -> Outcome:
     n = len(arrival)
     hold, decided, status = _holds(service, config, runtime)
-    free = [(0.0, w) for w in range(config.workers)]  # (free from, worker): a heap
+    free = [(0.0, -1, w) for w in range(config.workers)]  # (free from, last job, worker)
     replace = heapq.heapreplace
     if config.capacity is None:  # the hot case, so only times here; workers when asked
         start: list[float] = []
@@ -96,27 +96,29 @@ def _recursion(arrival: list[float], service: list[float], config: PoolConfig,
         if len(in_pool) >= capacity:
             status[job] = _REJECTED
             continue
-        at, w = free[0]
+        at, _, w = free[0]
         if at < now:
             at = now
         release = at + hold[job]
         start[job] = at
         end[job] = at + decided[job]
         worker[job] = w
-        replace(free, (release, w))
+        replace(free, (release, job, w))
         push(in_pool, release)
     return start, end, status, worker
 
 
 def _first_free(start: list[float], hold: list[float], workers: int) -> list[int]:
     """Which worker ran each job when every job took the worker that freed first (ties:
-    the lowest index): the recursion's own choice, replayed from its times."""
-    free = [(0.0, w) for w in range(workers)]
+    the one whose last job came first, as the SimPy engine orders them): the
+    recursion's own choice, replayed from its times."""
+    free = [(0.0, -1, w) for w in range(workers)]
     replace = heapq.heapreplace
     worker = []
-    for at, h in zip(start, hold, strict=True):
-        worker.append(free[0][1])
-        replace(free, (at + h, free[0][1]))
+    for job, (at, h) in enumerate(zip(start, hold, strict=True)):
+        w = free[0][2]
+        worker.append(w)
+        replace(free, (at + h, job, w))
     return worker
 
 
@@ -129,7 +131,7 @@ def _events(arrival: list[float], service: list[float], config: PoolConfig,
     worker = [NEVER_RAN] * n
     capacity = math.inf if config.capacity is None else config.capacity
     idle: deque[int] = deque(range(config.workers))  # longest idle first
-    busy: list[tuple[float, int]] = []  # (release time, worker)
+    busy: list[tuple[float, int, int]] = []  # (release time, job, worker)
     queue: deque[int] = deque()
     in_pool = 0
     pop, push = heapq.heappop, heapq.heappush
@@ -138,12 +140,12 @@ def _events(arrival: list[float], service: list[float], config: PoolConfig,
         start[job] = at
         end[job] = at + decided[job]
         worker[job] = w
-        push(busy, (at + hold[job], w))
+        push(busy, (at + hold[job], job, w))
 
     for job in range(n):
         now = arrival[job]
         while busy and busy[0][0] <= now:  # workers due by now finish first
-            released, w = pop(busy)
+            released, _, w = pop(busy)
             in_pool -= 1
             if queue:
                 begin(queue.popleft(), released, w)
@@ -163,7 +165,7 @@ def _events(arrival: list[float], service: list[float], config: PoolConfig,
         else:
             status[job] = _REJECTED
     while busy:
-        released, w = pop(busy)
+        released, _, w = pop(busy)
         if queue:
             begin(queue.popleft(), released, w)
     return start, end, status, worker

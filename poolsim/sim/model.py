@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import heapq
 import math
+import numbers
 from collections import deque
 from collections.abc import Generator
 from functools import cached_property
@@ -80,7 +81,7 @@ class SimShutdown:
         return tuple(job for job, done in self.released.items() if done > kill)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class SimResult:
     """One simulated run: the jobs frame and what it adds up to.
 
@@ -177,8 +178,9 @@ def simulate(
         raise ConfigError("runtime", runtime, "one of " + ", ".join(map(repr, RUNTIMES)))
     if engine not in ENGINES:
         raise ConfigError("engine", engine, "one of " + ", ".join(map(repr, ENGINES)))
-    if shutdown_at is not None and not (isinstance(shutdown_at, int | float)
-                                        and math.isfinite(shutdown_at) and shutdown_at >= 0):
+    if shutdown_at is not None and (isinstance(shutdown_at, bool)
+                                    or not isinstance(shutdown_at, numbers.Real)
+                                    or not (math.isfinite(shutdown_at) and shutdown_at >= 0)):
         raise ConfigError("shutdown_at", shutdown_at, "None or a finite time >= 0 in seconds")
     fast_ok = in_fast_subset(config, shutdown_at)
     if engine == "fast" and not fast_ok:
@@ -380,9 +382,9 @@ class _Model:
         self.at_close = sorted([*self.queue, *self.running, *self.callers])
         while (blocked := self._next_blocked()) is not None:
             self._decide(blocked, REJECTED, now)  # PoolClosed
-        for worker, wake in enumerate(self.wake):
+        self.idle.clear()  # every idle worker is woken to exit
+        for wake in self.wake:
             if wake is not None:
-                self.idle.remove(worker)
                 wake.succeed(None)
         if config.shutdown_timeout is not None:
             self.deadline = at + config.shutdown_timeout
@@ -425,6 +427,7 @@ class _Model:
                             and self.status[j] not in (CANCELLED, RETURNED)),
             returned=tuple(j for j in self.at_close if self.status[j] == RETURNED),
             cancelled=tuple(j for j in self.at_close if self.status[j] == CANCELLED),
-            still_running=tuple(j for j in ran if self.released[j] > exit_s),
+            still_running=tuple(j for j in ran if self.released[j] > exit_s
+                                and self.status[j] not in (CANCELLED, RETURNED)),
             released={j: self.released[j] for j in self.at_close},
         )

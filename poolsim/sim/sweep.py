@@ -16,8 +16,9 @@ import math
 import multiprocessing
 import numbers
 import os
+import sys
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
@@ -33,8 +34,8 @@ __all__ = ["Recommendation", "recommend", "sweep"]
 CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(PoolConfig))
 _INLINE_JOBS = 300_000  # below this many simulated jobs in all, processes cost more than they save
 # fork where there is one: workers start at once and scripts need no __main__ guard
-_FORK = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                    else None)
+# (on Linux only: elsewhere fork is unsafe, and the platform's default is used)
+_FORK = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
 
 
 def sweep(
@@ -42,6 +43,7 @@ def sweep(
     *,
     base: PoolConfig | None = None,
     seed: int | None = None,
+    load: float = 1.0,
     runtime: Runtime = "threads",
     shutdown_at: float | None = None,
     executor: Executor | None = None,
@@ -50,7 +52,8 @@ def sweep(
 ) -> pd.DataFrame:
     """Simulate every combination of ``grid`` (PoolConfig fields -> values) on ``trace``.
 
-    Fields not in the grid come from ``base``. ``executor=None`` runs small
+    Fields not in the grid come from ``base``; ``load`` rescales the trace
+    first (seeded by ``seed``), as in :func:`simulate`. ``executor=None`` runs small
     sweeps in this process and large ones on all cores; ``progress`` shows a
     (notebook-aware) bar, by default only on a terminal.
 
@@ -67,7 +70,11 @@ def sweep(
     configs = _configs(base or PoolConfig(), grid)
     columns = {"arrival_s": trace["arrival_s"].to_numpy(float),
                "service_s": trace["service_s"].to_numpy(float)}
-    options = {"seed": seed, "runtime": runtime, "shutdown_at": shutdown_at}
+    if load != 1.0:  # rescale once here, not once per configuration
+        from poolsim.reshape import scale_load
+
+        trace = scale_load(trace, load, seed=seed)
+    options = {"runtime": runtime, "shutdown_at": shutdown_at}
     inline = executor is None and len(configs) * len(trace) < _INLINE_JOBS
     chunks = _chunks(configs, 1 if inline else 4 * (os.cpu_count() or 1))
     bar = tqdm(total=len(configs), unit="config", disable=None if progress is None
@@ -83,13 +90,13 @@ def sweep(
             pool = executor or ProcessPoolExecutor(
                 min(len(chunks), os.cpu_count() or 1), mp_context=_FORK)
             try:
-                futures = {pool.submit(_run_chunk, columns, chunk, options): len(chunk)
-                           for chunk in chunks}
-                results = []
-                for future, size in futures.items():
-                    results.append(future.result())
-                    bar.update(size)
-                rows = [row for result in results for row in result]
+                futures = {pool.submit(_run_chunk, columns, chunk, options): i
+                           for i, chunk in enumerate(chunks)}
+                results: dict[int, list[dict[str, Any]]] = {}
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+                    bar.update(len(chunks[futures[future]]))
+                rows = [row for i in range(len(chunks)) for row in results[i]]
             finally:
                 if own:
                     pool.shutdown()
@@ -159,8 +166,8 @@ class Recommendation:
 def check_slo(p99: Any, max_reject: Any) -> tuple[float, float]:
     """An SLO's limits, checked: p99 latency in seconds >= 0, and a share from 0 to 1."""
     for name, value, top in (("p99", p99, math.inf), ("max_reject", max_reject, 1.0)):
-        if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-                or not (math.isfinite(value) and 0 <= value <= top)):
+        number = float(value) if isinstance(value, numbers.Real) else math.nan
+        if isinstance(value, bool) or not (math.isfinite(number) and 0 <= number <= top):
             allowed = "a finite number of seconds >= 0" if name == "p99" else (
                 "a share of jobs from 0 to 1 (0.001 is 0.1 %)")
             raise ConfigError(name, value, allowed)
@@ -203,7 +210,8 @@ def recommend(grid: pd.DataFrame, *, p99: float, max_reject: float) -> Recommend
         f"{ranked['latency_p99'].min():.4g} s (limit {p99:g} s) and the lowest refused share "
         f"is {ranked['refused'].min():.3%} (limit {max_reject:.3%}); "
         f"{' and '.join(binding)} {verb}. Closest: {_describe(closest)}. "
-        f"Sweep more workers or a larger queue.")
+        + ("Sweep more workers: a larger queue only waits longer." if "max_reject" not in binding
+           else "Sweep more workers or a larger queue."))
 
 
 def _config(row: pd.Series) -> PoolConfig:
