@@ -3,7 +3,6 @@
 The public API is what this module exports; see ``docs/reference/``.
 """
 
-from poolsim import plot
 from poolsim.aio import AsyncWorkerPool
 from poolsim.calibrate import ServiceFit, fit
 from poolsim.config import Backpressure, PoolConfig, ShutdownPolicy
@@ -98,3 +97,13 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``poolsim.plot`` on first use: it imports matplotlib, which most users of a pool
+    (and every queue worker process) never need."""
+    if name == "plot":
+        import importlib
+
+        return importlib.import_module("poolsim.plot")
+    raise AttributeError(f"module 'poolsim' has no attribute {name!r}")

@@ -1,9 +1,12 @@
-"""The ``poolsim`` command: simulate a trace, plan capacity, list traces, run the demo."""
+"""The ``poolsim`` command: simulate a trace, plan capacity, list traces, run the demo; run
+and inspect a durable queue (``queue``, ``worker``, ``scheduler``)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -224,6 +227,201 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the durable queue: poolsim queue ..., poolsim worker, poolsim scheduler ----------------------
+
+QUEUE_URL_ENV = "POOLSIM_QUEUE_URL"
+DEFAULT_QUEUE_URL = "sqlite:///jobs.db"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()
+           ) -> str:
+    """Columns padded to their widest cell; columns in ``right`` aligned right (numbers)."""
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                         for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+                         ).rstrip()
+    return "\n".join([line(headers), *(line(row) for row in rows)])
+
+
+def _inspector(args: argparse.Namespace) -> Any:
+    from poolsim.queue import Inspector
+
+    url = args.url or os.environ.get(QUEUE_URL_ENV) or DEFAULT_QUEUE_URL
+    if url.startswith("sqlite://"):
+        from poolsim.queue.backends.sqlite import parse_url
+
+        path = parse_url(url)[0]
+        if not path.exists():  # do not create an empty store for a mistyped URL
+            raise ConfigError("url", url, f"an existing queue database (no file {str(path)!r}; "
+                              f"pass --url or set {QUEUE_URL_ENV})")
+    return Inspector(url)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.1f} s"
+
+
+def _when(epoch: float | None) -> str:
+    if not epoch:
+        return "-"
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _queue_stats(args: argparse.Namespace) -> int:
+    from poolsim.queue import State
+
+    with _inspector(args) as inspector:
+        stats = inspector.stats()
+    states = list(State)
+    headers = ["queue", *(s.value for s in states), "latency", "paused", "processed today",
+               "failed today"]
+    rows = [[q.queue, *(f"{q.counts.get(s, 0):,}" for s in states),
+             _age(q.oldest_pending_age_s), "yes" if q.paused else "no",
+             f"{q.processed_today:,}", f"{q.failed_today:,}"] for q in stats]
+    if not rows:
+        print("no queues yet")
+        return 0
+    print(_table(headers, rows, right=[*range(1, len(states) + 2), len(headers) - 2,
+                                       len(headers) - 1]))
+    return 0
+
+
+def _queue_ls(args: argparse.Namespace) -> int:
+    with _inspector(args) as inspector:
+        infos = inspector.list(args.state, queue=args.queue, limit=args.limit,
+                               offset=args.offset)
+    if not infos:
+        where = f" in queue {args.queue!r}" if args.queue else ""
+        print(f"no {args.state} tasks{where}")
+        return 0
+    rows = []
+    for info in infos:
+        error = (info.last_error or "").replace("\n", " ")
+        rows.append([info.id, info.type, info.queue, f"{info.retried}/{info.max_retry}",
+                     _when(info.process_at), error[:60] + ("..." if len(error) > 60 else "")])
+    print(_table(["id", "type", "queue", "retried", "process at", "last error"], rows,
+                 right=[3]))
+    return 0
+
+
+def _queue_act(args: argparse.Namespace) -> int:
+    with _inspector(args) as inspector:
+        if args.verb == "requeue":
+            info = inspector.requeue(args.id)
+            print(f"requeued {info.id} ({info.type}) in queue {info.queue!r}: {info.state}")
+        elif args.verb == "archive":
+            info = inspector.archive(args.id)
+            print(f"archived {info.id} ({info.type}) in queue {info.queue!r}")
+        else:
+            inspector.delete(args.id)
+            print(f"deleted {args.id}")
+    return 0
+
+
+def _queue_pause(args: argparse.Namespace) -> int:
+    with _inspector(args) as inspector:
+        if args.verb == "pause":
+            inspector.pause(args.name)
+            print(f"paused queue {args.name!r}: workers claim none of its tasks until unpause")
+        else:
+            inspector.unpause(args.name)
+            print(f"unpaused queue {args.name!r}")
+    return 0
+
+
+def import_target(text: str, kind: str, expected: type) -> Any:
+    """The object ``MODULE:ATTR`` names (the current directory is importable), checked to be
+    an ``expected``; a clear :class:`ConfigError` when it cannot be found."""
+    module_name, _, attr = text.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(kind, text, f"MODULE:ATTR naming a {expected.__name__}, "
+                          f"e.g. myapp.tasks:{kind}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(kind, text, f"an importable module (importing {module_name!r} "
+                          f"failed: {exc})") from None
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ConfigError(kind, text, f"an attribute of module {module_name!r} (it has no "
+                              f"{attr!r})") from None
+    if not isinstance(target, expected):
+        raise ConfigError(kind, text, f"a {expected.__module__}.{expected.__name__}, not "
+                          f"{type(target).__name__}")
+    return target
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from poolsim.queue.server import Server
+
+    server = import_target(args.target, "server", Server)
+    print(f"poolsim worker: running {args.target} ({server!r}); SIGTERM or Ctrl-C stops it",
+          file=sys.stderr, flush=True)
+    server.run()
+    return 0
+
+
+def _scheduler(args: argparse.Namespace) -> int:
+    from poolsim.queue.scheduler import Scheduler
+
+    scheduler = import_target(args.target, "scheduler", Scheduler)
+    print(f"poolsim scheduler: running {args.target} ({scheduler!r}); SIGTERM or Ctrl-C stops "
+          "it", file=sys.stderr, flush=True)
+    scheduler.run()
+    return 0
+
+
+def _add_queue_commands(commands: Any) -> None:
+    from poolsim.queue.task import State
+
+    queue = commands.add_parser("queue", help="inspect and fix a durable queue")
+    queue.add_argument("--url", help=f"the task store (default: ${QUEUE_URL_ENV}, else "
+                       f"{DEFAULT_QUEUE_URL})")
+    verbs = queue.add_subparsers(dest="verb", required=True, metavar="VERB")
+    stats = verbs.add_parser("stats", help="tasks by state, latency and today's counts, "
+                             "per queue")
+    stats.set_defaults(run=_queue_stats)
+    ls = verbs.add_parser("ls", help="list the tasks in a state")
+    ls.add_argument("state", choices=[state.value for state in State])
+    ls.add_argument("--queue", help="only this queue")
+    ls.add_argument("--limit", type=int, default=100)
+    ls.add_argument("--offset", type=int, default=0)
+    ls.set_defaults(run=_queue_ls)
+    for verb, text in (("requeue", "move a task to pending, its retries reset"),
+                       ("delete", "delete a task for good"),
+                       ("archive", "archive a task so no worker runs it")):
+        act = verbs.add_parser(verb, help=text)
+        act.add_argument("id", help="the task id")
+        act.set_defaults(run=_queue_act)
+    for verb, text in (("pause", "stop workers claiming a queue's tasks"),
+                       ("unpause", "let workers claim a queue's tasks again")):
+        pause = verbs.add_parser(verb, help=text)
+        pause.add_argument("name", metavar="QUEUE")
+        pause.set_defaults(run=_queue_pause)
+
+    worker = commands.add_parser("worker", help="run a queue Server: poolsim worker "
+                                 "myapp.tasks:server")
+    worker.add_argument("target", metavar="MODULE:ATTR", help="where the Server object is")
+    worker.set_defaults(run=_worker)
+    scheduler = commands.add_parser("scheduler", help="run a queue Scheduler: poolsim "
+                                    "scheduler myapp.tasks:scheduler")
+    scheduler.add_argument("target", metavar="MODULE:ATTR", help="where the Scheduler object is")
+    scheduler.set_defaults(run=_scheduler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``poolsim``."""
     parser = argparse.ArgumentParser(prog="poolsim", description=__doc__)
@@ -265,6 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=4.0)
     demo.add_argument("--seed", type=int, default=1)
     demo.set_defaults(run=_demo)
+
+    _add_queue_commands(commands)
     return parser
 
 

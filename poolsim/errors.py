@@ -8,6 +8,11 @@ whose meaning matches, so callers may catch either::
     ├── TraceError(ValueError)           a malformed load trace
     ├── QueueFull                        back-pressure: no room (HTTP 503)
     ├── PoolClosed(RuntimeError)         submit after shutdown started
+    ├── QueueError                       the durable queue (poolsim.queue)
+    │   ├── TaskAlreadyExists            a unique task is already queued
+    │   ├── TaskNotFound(KeyError)       no task with that id
+    │   ├── PayloadError(ValueError)     a payload that is not (or no longer) JSON
+    │   └── BackendUnavailable(ConnectionError)  the store cannot be reached
     └── JobError                         a job's outcome other than success
         ├── JobTimeout(TimeoutError)     the job outlived ``job_timeout``
         ├── JobDropped                   evicted from the queue by ``drop_oldest``
@@ -24,15 +29,20 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 __all__ = [
+    "BackendUnavailable",
     "ConfigError",
     "JobCancelled",
     "JobDropped",
     "JobError",
     "JobReturned",
     "JobTimeout",
+    "PayloadError",
     "PoolClosed",
     "PoolsimError",
+    "QueueError",
     "QueueFull",
+    "TaskAlreadyExists",
+    "TaskNotFound",
     "TraceError",
 ]
 
@@ -79,6 +89,47 @@ class PoolClosed(PoolsimError, RuntimeError):
     def __init__(self, queue: str) -> None:
         self.queue = queue
         super().__init__(f"pool {queue!r} is closed: shutdown has started")
+
+
+class QueueError(PoolsimError):
+    """Something about the durable queue (``poolsim.queue``)."""
+
+
+class TaskAlreadyExists(QueueError):
+    """A task with the same unique key (or id) is already in the queue."""
+
+    def __init__(self, key: str, queue: str) -> None:
+        self.key = key
+        self.queue = queue
+        super().__init__(f"a task with unique key {key!r} is already in queue {queue!r}")
+
+
+class TaskNotFound(QueueError, KeyError):
+    """No task has this id."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"no task with id {task_id!r}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class PayloadError(QueueError, ValueError):
+    """A payload that is not JSON-serialisable, or a stored one that no longer decodes."""
+
+    def __init__(self, message: str, *, value: object = None) -> None:
+        self.value = value
+        super().__init__(message)
+
+
+class BackendUnavailable(QueueError, ConnectionError):
+    """The task store cannot be reached (or stays locked) within the timeout."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"task store {url!r} is unavailable: {reason}")
 
 
 class JobError(PoolsimError):

@@ -34,6 +34,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from poolsim.errors import TraceError
+
 __all__ = [
     "JOBS_COLUMNS",
     "STATUSES",
@@ -162,14 +164,29 @@ def _stats(values: np.ndarray, prefix: str) -> dict[str, float]:
     }
 
 
+def _status_codes(frame: pd.DataFrame) -> np.ndarray:
+    """The status column as indices into STATUSES, cheaply when it is already categorical."""
+    status = frame["status"]
+    if isinstance(status.dtype, pd.CategoricalDtype) and tuple(status.cat.categories) == STATUSES:
+        return status.cat.codes.to_numpy()
+    codes = pd.Categorical(status.astype(str), categories=STATUSES).codes
+    if (codes < 0).any():
+        row = int(np.argmax(codes < 0))
+        raise TraceError(f"status {status.iloc[row]!r} at row {row} is not one of "
+                         + ", ".join(STATUSES), column="status", row=row,
+                         value=status.iloc[row])
+    return codes
+
+
 def summarize(frame: pd.DataFrame, *, workers: int | None = None) -> Summary:
     """Summarise a jobs frame; reads only the frame.
 
     ``workers`` (for utilisation) defaults to the number of distinct worker
     indices seen in the frame.
     """
-    status = frame["status"].astype(str)
-    counts = {s.value: int((status == s.value).sum()) for s in Status}
+    status = _status_codes(frame)
+    counts = {s: int(n) for s, n in zip(STATUSES, np.bincount(status, minlength=len(STATUSES)),
+                                         strict=True)}
     arrival = frame["arrival_s"].to_numpy(dtype=float)
     start = frame["start_s"].to_numpy(dtype=float)
     end = frame["end_s"].to_numpy(dtype=float)
@@ -177,7 +194,7 @@ def summarize(frame: pd.DataFrame, *, workers: int | None = None) -> Summary:
     span = float(np.nanmax(end) - arrival.min()) if n and not np.isnan(end).all() else 0.0
 
     started = ~np.isnan(start)
-    completed = (status == Status.COMPLETED).to_numpy()
+    completed = status == STATUSES.index(Status.COMPLETED.value)
     worker = frame["worker"].to_numpy(dtype=float, na_value=np.nan)
     on_worker = started & (worker >= 0)
     if workers is None:
@@ -205,9 +222,9 @@ def queue_depth(frame: pd.DataFrame) -> pd.Series:
     the depth can exceed ``queue_size``. Rejected jobs and jobs the caller
     ran itself never wait.
     """
-    status = frame["status"].astype(str).to_numpy()
+    status = _status_codes(frame)
     worker = frame["worker"].to_numpy(dtype=float, na_value=np.nan)
-    queued = (status != Status.REJECTED) & (worker != -1)
+    queued = (status != STATUSES.index(Status.REJECTED.value)) & (worker != -1)
     arrive = frame["arrival_s"].to_numpy(dtype=float)[queued]
     start = frame["start_s"].to_numpy(dtype=float)[queued]
     leave = np.where(np.isnan(start), frame["end_s"].to_numpy(dtype=float)[queued], start)

@@ -173,8 +173,8 @@ _sweep_latencies = st.sampled_from([0.5, 1.0, 2.0, 5.0, 30.0, math.nan])
 @st.composite
 def sweep_tables(draw: st.DrawFn, max_rows: int = 16) -> pd.DataFrame:
     """A sweep result as :func:`poolsim.sweep` shapes it (the PoolConfig columns, ``jobs``,
-    ``n_rejected``, ``n_dropped``, ``n_timeout``, ``latency_p99``), with made-up outcomes: repeated and
-    shuffled configurations, unbounded queues as NaN, NaN latencies (nothing completed)."""
+    ``n_rejected``, ``n_dropped``, ``n_timeout``, ``latency_p99``), with made-up outcomes:
+    repeated and shuffled configurations, unbounded queues as NaN, NaN latencies."""
     rows = []
     for _ in range(draw(st.integers(1, max_rows))):
         rejected = draw(st.integers(0, SWEEP_JOBS))

@@ -199,8 +199,8 @@ def test_no_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_bad_duration_is_named(capsys: pytest.CaptureFixture[str], three_at_once: Path) -> None:
     assert refused_by_argparse(capsys, "plan", str(three_at_once), "--p99", "soon",
                                "--max-reject", "1%") == (
-        "poolsim plan: error: argument --p99: duration='soon' is invalid: a finite number of seconds, "
-        "or with a unit: ms, s, m, h")
+        "poolsim plan: error: argument --p99: duration='soon' is invalid: a finite number of "
+        "seconds, or with a unit: ms, s, m, h")
 
 
 def test_a_bad_percentage_is_named(capsys: pytest.CaptureFixture[str],

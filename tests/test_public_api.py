@@ -15,9 +15,12 @@ import pytest
 
 import poolsim
 import poolsim.metrics
+import poolsim.queue
+import poolsim.sim
+import poolsim.widgets
 
 REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "reference"
-MODULES = [poolsim, poolsim.metrics]
+MODULES = [poolsim, poolsim.metrics, poolsim.sim, poolsim.queue, poolsim.widgets]
 PUBLIC = [(module, name) for module in MODULES for name in module.__all__]
 IDS = [f"{module.__name__}.{name}" for module, name in PUBLIC]
 

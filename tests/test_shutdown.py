@@ -205,7 +205,10 @@ def run_child(tmp_path: Path, policy: str, signals: list[int], stubborn: bool = 
     assert sorted(lines) == ["start 0", "start 1"]
     for signum in signals:
         child.send_signal(signum)
-    out, _ = child.communicate(timeout=60)
+    try:
+        out, _ = child.communicate(timeout=60)
+    finally:
+        child.kill()  # never leave a stuck child behind (a no-op once it has exited)
     return lines + out.split("\n")[:-1], child.returncode
 
 

@@ -1,0 +1,1 @@
+"""Task stores behind one protocol: ``base.Backend``; ``open_backend(url)`` picks one."""

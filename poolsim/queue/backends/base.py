@@ -1,0 +1,178 @@
+"""The small protocol every task store implements, and how a URL picks one.
+
+Each method is one atomic state change (one transaction in SQLite, one Lua
+script in Redis), so a crash between two calls loses nothing: a task is
+always in exactly one state. Times are epoch seconds from the caller's
+clock, passed in, so tests move time instead of sleeping. ``worker`` names
+the lease holder (``host:pid:uuid``): a call about an active task succeeds
+only while that worker still holds its lease.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol
+
+from poolsim.errors import ConfigError
+from poolsim.queue.task import State, TaskInfo
+
+__all__ = ["Backend", "HistoryRow", "Outcome", "QueueStats", "open_backend"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """How an attempt ended, for :meth:`Backend.finish`.
+
+    ``state`` is ``COMPLETED`` (kept ``retention`` seconds), ``RETRY`` (run
+    again at ``retry_at``, counting the attempt) or ``ARCHIVED`` (dead-lettered
+    with ``error``). ``status`` is the jobs-frame status recorded in history
+    (``completed``, ``failed``, ``timeout``, ``retried``, ``cancelled``...).
+    """
+
+    state: Literal[State.COMPLETED, State.RETRY, State.ARCHIVED]
+    status: str
+    error: str | None = None
+    retry_at: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QueueStats:
+    """One queue at one moment: tasks by state, and what an operator asks first."""
+
+    queue: str
+    counts: Mapping[State, int]
+    paused: bool
+    oldest_pending_age_s: float | None  # queue latency: how long the oldest pending task waited
+    processed_today: int  # attempts that ended since UTC midnight
+    failed_today: int  # of which failed (retried, archived, timed out)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HistoryRow:
+    """One attempt of one task, as the jobs frame records it (times in epoch seconds).
+
+    ``enqueued_at`` is when this attempt became ready to run (created, due, or its
+    retry time), so ``started_at - enqueued_at`` is the attempt's wait in the queue.
+    ``status`` ``returned`` marks an attempt handed back at shutdown (not counted).
+    """
+
+    task_id: str
+    type: str
+    queue: str
+    enqueued_at: float
+    started_at: float | None
+    ended_at: float
+    status: str
+    worker: str | None
+    attempt: int
+    error: str | None = None
+
+
+class Backend(Protocol):
+    """A task store. ``open_backend(url)`` makes one; both backends pass one contract suite."""
+
+    url: str
+
+    def enqueue(self, task: TaskInfo, *, now: float) -> TaskInfo:
+        """Store a new task: ``scheduled`` if its ``process_at`` is later than ``now``, else
+        ``pending``. A live ``unique_key`` (or a reused id) raises ``TaskAlreadyExists``,
+        decided in the same atomic step as the insert. A unique key stays locked until
+        ``unique_until`` whatever becomes of the task (so a cron tick runs once even if it
+        completes at once); only ``act(..., "delete")`` releases it early. A ``process_at``
+        or ``created_at`` of 0 means ``now``."""
+        ...
+
+    def claim(self, queues: Sequence[str], *, worker: str, now: float, lease_s: float,
+              limit: int) -> list[TaskInfo]:
+        """Lease up to ``limit`` pending tasks, taking from ``queues`` in the order given
+        (the server orders them by weight or priority), skipping paused queues, oldest
+        first within a queue: each becomes ``active`` under ``worker`` until
+        ``now + lease_s``. One atomic step: two workers never get the same task."""
+        ...
+
+    def renew(self, ids: Sequence[str], *, worker: str, until: float) -> list[str]:
+        """Extend ``worker``'s leases to ``until``; returns the ids it still holds."""
+        ...
+
+    def finish(self, task_id: str, *, worker: str, now: float, outcome: Outcome) -> bool:
+        """Acknowledge an attempt, atomically with its history row: the task leaves
+        ``active`` for ``outcome.state``. False (and nothing changes) if ``worker`` no longer
+        holds the lease — the task was recovered and may be running elsewhere. ``RETRY`` and
+        ``ARCHIVED`` count the attempt (``retried += 1``); a ``RETRY`` beyond ``max_retry``
+        archives instead. ``COMPLETED`` with ``retention`` 0 deletes the task at once (its
+        history row remains). A lease that lapsed but was not yet recovered still counts
+        as held, here and in :meth:`renew`."""
+        ...
+
+    def finish_many(self, outcomes: Sequence[tuple[str, Outcome]], *, worker: str,
+                    now: float) -> list[bool]:
+        """:meth:`finish` for several ``(task_id, outcome)`` in one atomic step (a batched
+        acknowledgement: one commit instead of one per task); one bool per pair, in order."""
+        ...
+
+    def hand_back(self, ids: Sequence[str], *, worker: str, now: float) -> int:
+        """Return ``worker``'s active tasks to ``pending`` without counting an attempt (a
+        graceful shutdown hands back what it could not finish); returns how many. Each
+        leaves a history row with status ``returned``."""
+        ...
+
+    def recover(self, *, now: float) -> int:
+        """Tasks whose lease lapsed before ``now`` (their worker died) go to ``retry`` with
+        the attempt counted (due at once, ``last_error`` "lease lapsed: worker ... presumed
+        dead"), or to ``archived`` when out of retries. Only lapsed leases: a live worker's
+        task is never taken. Returns how many."""
+        ...
+
+    def forward(self, *, now: float) -> int:
+        """Move ``scheduled`` and ``retry`` tasks due by ``now`` to ``pending``; delete
+        ``completed`` tasks past their retention. Returns how many moved."""
+        ...
+
+    def stats(self, *, now: float) -> list[QueueStats]:
+        """Every known queue's counts by state, pause flag, latency and daily totals."""
+        ...
+
+    def get(self, task_id: str) -> TaskInfo:
+        """One task by id, in whatever state; raises ``TaskNotFound``."""
+        ...
+
+    def list_tasks(self, *, state: State, queue: str | None = None, limit: int = 100,
+                   offset: int = 0) -> list[TaskInfo]:
+        """Tasks in ``state`` (of ``queue``, or all), oldest first."""
+        ...
+
+    def act(self, task_id: str, action: Literal["requeue", "delete", "archive"], *,
+            now: float) -> TaskInfo | None:
+        """The inspector's verbs: ``requeue`` (to pending, retries reset), ``delete``, or
+        ``archive``. Raises ``TaskNotFound``; returns the task after the action (None
+        once deleted). An active task may only be archived or deleted after its lease lapses."""
+        ...
+
+    def pause(self, queue: str, paused: bool) -> None:
+        """Pause (no task of ``queue`` is claimed) or unpause a queue."""
+        ...
+
+    def history(self, *, since: float = 0.0) -> list[HistoryRow]:
+        """Every attempt ended since ``since``, oldest first: the jobs frame's rows."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...
+
+
+def open_backend(url: str) -> Backend:
+    """The backend a URL names: ``sqlite:///path/to/jobs.db`` (embedded; the default) or
+    ``redis://host:6379/0`` (many machines)."""
+    if url.startswith("sqlite://"):
+        from poolsim.queue.backends.sqlite import SQLiteBackend
+
+        return SQLiteBackend(url)
+    if url.startswith(("redis://", "rediss://")):
+        try:
+            from poolsim.queue.backends.redis import RedisBackend  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise ConfigError("url", url, f"a backend poolsim has ({exc})") from None
+        return RedisBackend(url)  # type: ignore[no-any-return]
+    raise ConfigError("url", url, "sqlite:///path/to/file.db or redis://host:port/db")

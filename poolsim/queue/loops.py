@@ -1,0 +1,277 @@
+"""The queue server's background duties, one small loop each (as Asynq's forwarder.go,
+recoverer.go, heartbeat.go): the fetcher, the lease keeper, the watchdog, the recoverer
+and the forwarder.
+
+A :class:`Loop` is a daemon thread calling :meth:`Loop.tick` every ``interval`` seconds
+(or sooner: ``tick`` may ask for its next call, and :meth:`Loop.wake` calls it at once).
+``tick`` may also be called directly — tests drive a loop one step at a time with an
+injected clock instead of sleeping. A failing tick is logged and retried: a background
+duty never dies of a transient error (a locked database, a lost connection).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from poolsim.errors import ConfigError
+from poolsim.queue.attempts import Attempt, Attempts
+from poolsim.queue.backends.base import Backend
+from poolsim.queue.task import TaskInfo
+
+__all__ = ["Fetcher", "Forwarder", "LeaseKeeper", "Loop", "Recoverer", "Watchdog", "claim_plan",
+           "queue_order", "queue_weights"]
+
+_log = logging.getLogger("poolsim.queue")
+
+Clock = Callable[[], float]
+
+
+class Loop:
+    """A background duty: ``tick()`` every ``interval`` seconds on a daemon thread."""
+
+    name = "loop"
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._last_error = -float("inf")
+
+    def tick(self) -> float | None:
+        """Do the duty once; return seconds until the next tick (None: ``interval``)."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Start the thread (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"poolsim-{self.name}",
+                                            daemon=True)
+            self._thread.start()
+
+    def wake(self) -> None:
+        """Tick as soon as possible."""
+        self._wake.set()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the thread to end after its current tick, and wait up to ``timeout`` for it."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        """Whether the loop's thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()  # before the tick: a wake() during the tick is not lost
+            try:
+                wait = self.tick()
+            except Exception:  # logged at most every 5 s; the next tick retries
+                wait = None
+                now = time.monotonic()
+                if now - self._last_error >= 5.0:
+                    self._last_error = now
+                    _log.exception("poolsim queue %s failed; retrying", self.name)
+            if not self._stopping:
+                self._wake.wait(self.interval if wait is None else max(wait, 0.0))
+
+
+class Recoverer(Loop):
+    """Every ``interval``: tasks whose lease lapsed (their worker died) go back to be retried."""
+
+    name = "recoverer"
+
+    def __init__(self, backend: Backend, clock: Clock, interval: float) -> None:
+        super().__init__(interval)
+        self.backend = backend
+        self.clock = clock
+        self.recovered = 0
+
+    def tick(self) -> float | None:
+        n = self.backend.recover(now=self.clock())
+        if n:
+            self.recovered += n
+            _log.warning("recovered %d task(s) whose lease lapsed", n)
+        return None
+
+
+class Forwarder(Loop):
+    """Every ``interval``: due scheduled and retry tasks become pending; completed tasks past
+    their retention are deleted (the janitor's duty, in the same atomic step)."""
+
+    name = "forwarder"
+
+    def __init__(self, backend: Backend, clock: Clock, interval: float) -> None:
+        super().__init__(interval)
+        self.backend = backend
+        self.clock = clock
+        self.forwarded = 0
+
+    def tick(self) -> float | None:
+        self.forwarded += self.backend.forward(now=self.clock())
+        return None
+
+
+def queue_order(weights: Mapping[str, int], rng: np.random.Generator) -> list[str]:
+    """One fetch's queue order by weight: each queue repeated by its weight, shuffled,
+    then de-duplicated keeping first places (Asynq's processor). The first queue is
+    ``q`` with probability ``weights[q] / sum(weights)``; every queue appears, so a
+    busy heavy queue never starves a light one for good.
+    """
+    names = [queue for queue, weight in weights.items() for _ in range(weight)]
+    shuffled = [names[i] for i in rng.permutation(len(names))]
+    return list(dict.fromkeys(shuffled))
+
+
+def queue_weights(queues: Mapping[str, int] | Sequence[str] | None,
+            strict: bool) -> tuple[dict[str, int], list[str] | None]:
+    """Validate ``queues``: (weights, strict order or None)."""
+    if queues is None:
+        queues = {"default": 1}
+    if isinstance(queues, str):
+        raise ConfigError("queues", queues, "a mapping of queue -> weight or a list of queues")
+    if isinstance(queues, Mapping):
+        weights = dict(queues)
+        for queue, weight in weights.items():
+            if not isinstance(queue, str) or not queue:
+                raise ConfigError("queues", queue, "non-empty queue names")
+            if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+                raise ConfigError(f"queues[{queue!r}]", weight, "an integer weight >= 1")
+        order = sorted(weights, key=lambda q: -weights[q]) if strict else None
+    else:
+        order = list(queues)
+        if any(not isinstance(q, str) or not q for q in order) or len(set(order)) != len(order):
+            raise ConfigError("queues", queues, "distinct, non-empty queue names")
+        weights = dict.fromkeys(order, 1)
+    if not weights:
+        raise ConfigError("queues", queues, "at least one queue")
+    return weights, order
+
+
+def claim_plan(weights: Mapping[str, int], strict: Sequence[str] | None, free: int,
+               rng: np.random.Generator) -> list[tuple[list[str], int]]:
+    """How to fill ``free`` places: a list of (queue order, how many) claims.
+
+    Strict priority is one claim in the fixed order. By weight, each free place
+    draws its own order and places whose orders start with the same queue share one
+    claim — so shares follow the weights per task, not per batch, in at most one
+    claim per queue.
+    """
+    if strict is not None:
+        return [(list(strict), free)] if free > 0 else []
+    plan: dict[str, tuple[list[str], int]] = {}
+    for _ in range(free):
+        order = queue_order(weights, rng)
+        first, count = plan.get(order[0], (order, 0))
+        plan[order[0]] = (first, count + 1)
+    return list(plan.values())
+
+
+
+
+class LeaseKeeper(Loop):
+    """Every ``interval`` (the server's default: ``lease_s / 3``), renew the lease of every
+    held attempt. An attempt whose lease is gone (it lapsed and was recovered) is settled
+    as ``lost`` and its handler told to stop: its result must not be acknowledged, the
+    task may be running elsewhere."""
+
+    name = "lease-keeper"
+
+    def __init__(self, backend: Backend, clock: Clock, attempts: Attempts, *, worker: str,
+                 lease_s: float, interval: float, on_lost: Callable[[Attempt], None]) -> None:
+        super().__init__(interval)
+        self.backend = backend
+        self.clock = clock
+        self.attempts = attempts
+        self.worker = worker
+        self.lease_s = lease_s
+        self.on_lost = on_lost
+
+    def tick(self) -> float | None:
+        held = self.attempts.held()
+        if not held:
+            return None
+        kept = set(self.backend.renew([a.info.id for a in held], worker=self.worker,
+                                      until=self.clock() + self.lease_s))
+        for attempt in held:
+            if attempt.info.id not in kept and self.attempts.decide(attempt, "lost"):
+                attempt.cancel()
+                self.attempts.remove(attempt)
+                self.on_lost(attempt)
+        return None
+
+
+class Watchdog(Loop):
+    """Times out attempts past their deadline (on the server's clock): sleeps until the
+    earliest one, never longer than ``interval`` (so an injected clock is seen moving)."""
+
+    name = "watchdog"
+
+    def __init__(self, clock: Clock, attempts: Attempts, interval: float,
+                 on_timeout: Callable[[Attempt], None]) -> None:
+        super().__init__(interval)
+        self.clock = clock
+        self.attempts = attempts
+        self.on_timeout = on_timeout
+
+    def tick(self) -> float | None:
+        now = self.clock()
+        wait = self.interval
+        for attempt in self.attempts.undecided():
+            if attempt.deadline is None:
+                continue
+            if attempt.deadline <= now:
+                if self.attempts.decide(attempt, "timeout"):
+                    attempt.cancel()
+                    self.on_timeout(attempt)
+            else:
+                wait = min(wait, attempt.deadline - now)
+        return wait
+
+
+class Fetcher(Loop):
+    """Claims as many tasks as there are free places, never more (back-pressure), in weighted
+    or strict queue order, and dispatches each; polls every ``interval`` when idle and is
+    woken when a place frees."""
+
+    name = "fetcher"
+
+    def __init__(self, backend: Backend, clock: Clock, *, worker: str, lease_s: float,
+                 weights: Mapping[str, int], strict: Sequence[str] | None,
+                 rng: np.random.Generator, free: Callable[[], int],
+                 dispatch: Callable[[TaskInfo], None], interval: float) -> None:
+        super().__init__(interval)
+        self.backend = backend
+        self.clock = clock
+        self.worker = worker
+        self.lease_s = lease_s
+        self.weights = dict(weights)
+        self.strict = None if strict is None else list(strict)
+        self.rng = rng
+        self.free = free
+        self.dispatch = dispatch
+        self.claims = 0  # claim calls made, for tests and statistics
+
+    def tick(self) -> float | None:
+        free = self.free()
+        if free <= 0:
+            return None  # dispatch's place release wakes us
+        got = 0
+        for order, limit in claim_plan(self.weights, self.strict, free, self.rng):
+            if self._stopping:
+                break
+            self.claims += 1
+            for info in self.backend.claim(order, worker=self.worker, now=self.clock(),
+                                           lease_s=self.lease_s, limit=limit):
+                got += 1
+                self.dispatch(info)
+        return 0.0 if got and got == free else None
