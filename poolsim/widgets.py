@@ -50,6 +50,7 @@ from poolsim import plot
 from poolsim._plotbase import SLO_COLOR, legend_outside, note
 from poolsim.config import Backpressure, PoolConfig, ShutdownPolicy
 from poolsim.errors import ConfigError, PoolsimError
+from poolsim.metrics import DURATION_BUCKETS
 from poolsim.plot import _time_unit
 from poolsim.records import Status, Summary
 from poolsim.sim.model import SimResult, simulate
@@ -416,7 +417,8 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]  # ipywidgets is untyped
         top, bottom = self.figure.axes[:2]
         self._draw_depth(top, entry, params)
         _wipe(bottom)
-        plot.latency_histogram(entry.result.jobs, ax=bottom, slo=self.slo)
+        plot.latency_histogram(entry.result.jobs, ax=bottom, slo=self.slo,
+                               buckets=_buckets_with(self.slo))
         self.figure.suptitle(self._title(params), fontsize="medium")
         drawn = time.perf_counter()
         fresh = entry.png is None
@@ -523,3 +525,9 @@ def dashboard(trace: pd.DataFrame | str, *, config: PoolConfig | None = None, se
     """
     return Dashboard(trace, config=config, seed=seed, slo=slo, cache_size=cache_size,
                      max_points=max_points)
+
+
+def _buckets_with(slo: float | None) -> tuple[float, ...]:
+    """The default Prometheus buckets, plus an edge at the SLO: the histogram an operator
+    should export shows exactly how many jobs miss it."""
+    return DURATION_BUCKETS if slo is None else tuple(sorted({*DURATION_BUCKETS, slo}))
