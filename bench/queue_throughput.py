@@ -12,11 +12,17 @@ loss; FULL fsyncs every commit and survives power loss too).
    looping "take a task, run the no-op, acknowledge it" until the queue is empty;
    rate = tasks / wall time from the first take to the last acknowledgement.
 
-   * poolsim: ``claim`` (a lease, limit ``--batch``) then ``finish`` per task (a
-     leased claim, a lease-holder-checked acknowledgement and a history row for each
-     attempt). Variants: ``batch 1`` (one task per claim), ``batch N`` (the server's
-     fetcher claims up to its free slots at once), ``batch N, acks batched``
-     (``finish_many``).
+   * poolsim Server (what the floors are checked on): the real ``Server`` with
+     ``concurrency`` = workers and its defaults (acknowledgements batched every 5 ms or
+     64 outcomes), a no-op handler; rate = tasks / wall time from ``start()`` until its
+     statistics count every task completed (acknowledged in the store). End to end: the
+     fetcher's leased claims (no more than the free places), the pool hand-off, the lease
+     keeper, the acker's ``finish_many`` with a history row per attempt. A second row
+     sets ``prefetch=concurrency`` (claims may run ahead of free threads by that many,
+     so claims are bigger and a thread never waits for one); floors are printed for it
+     too, but the exit status follows the default row.
+   * poolsim backend (orientation): the store's calls alone, on bench threads —
+     ``claim`` (limit ``--batch``) then ``finish`` per task, or ``finish_many`` per claim.
    * Huey (``SqliteStorage``): ``dequeue`` deletes the task as it takes it — no lease,
      no acknowledgement (a killed worker loses its task), so it does less work.
    * persist-queue (``SQLiteAckQueue``): ``get`` then ``ack``.
@@ -31,7 +37,7 @@ Huey runs twice: at its own default (``synchronous=FULL``: an fsync per commit, 
 issue measured it) and at the bench's setting. Floors (exit 1 if one fails; run by hand
 or via ``./dev bench``), for poolsim with claims of ``--batch`` and one acknowledgement
 per task, at each worker count: drain >= 2x Huey's (at Huey's default) and >= half the
-raw floor (at the same setting).
+raw floor (at the same setting), for the poolsim Server row.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from typing import Any
 import persistqueue
 from huey.storage import SqliteStorage  # type: ignore[import-untyped]
 
-from poolsim.queue import Client, Outcome, State, Task
+from poolsim.queue import Client, Outcome, Server, State, Task
 from poolsim.queue.backends.sqlite import WAL_CHECKPOINT_PAGES, SQLiteBackend
 
 DONE = Outcome(state=State.COMPLETED, status="completed")
@@ -58,6 +64,8 @@ FLOOR_HUEY, FLOOR_RAW = 2.0, 0.5
 HUEY = "huey SqliteStorage, its default (FULL)"
 HUEY_SAME = "huey SqliteStorage, same setting"
 RAW = "raw sqlite3 floor"
+SERVER = "poolsim Server (end to end)"
+PREFETCH = "poolsim Server, prefetch=concurrency"
 
 
 def noop() -> None:
@@ -121,6 +129,27 @@ def run_poolsim(path: Path, args: argparse.Namespace, workers: int, batch: int,
     wall, total = drain(workers, work)
     db.close()
     assert total == args.jobs, total
+    return enq, wall
+
+
+def run_server(path: Path, args: argparse.Namespace, workers: int,
+               prefetch: int = 0) -> tuple[float, float]:
+    url = f"sqlite:///{path}?synchronous={args.synchronous}"
+    with Client(url) as client:
+        task = Task("noop", {})
+        enq = timed(lambda: repeat(args.jobs, lambda: client.enqueue(task)))
+    server = Server(url, concurrency=workers, prefetch=prefetch, name="bench")
+    server.handler("noop")(lambda task: noop())
+    began = time.perf_counter()
+    server.start()
+    while server.statistics().counts.get("completed", 0) < args.jobs:
+        time.sleep(0.001)
+    wall = time.perf_counter() - began
+    stats = server.statistics()
+    server.stop()
+    print(f"    server: {stats.claims:,} claims, {stats.ack_flushes:,} ack flushes "
+          f"({args.jobs / max(stats.claims, 1):.1f} and {args.jobs / max(stats.ack_flushes, 1):.1f}"
+          " tasks each)", file=sys.stderr)
     return enq, wall
 
 
@@ -238,9 +267,12 @@ def main() -> int:
     parser.add_argument("--synchronous", default="NORMAL", choices=["NORMAL", "FULL"])
     args = parser.parse_args()
     systems: dict[str, Callable[[Path, int], tuple[float, float]]] = {
-        "poolsim, batch 1": lambda p, w: run_poolsim(p, args, w, 1, False),
-        f"poolsim, batch {args.batch}": lambda p, w: run_poolsim(p, args, w, args.batch, False),
-        f"poolsim, batch {args.batch}, acks batched": lambda p, w: run_poolsim(
+        SERVER: lambda p, w: run_server(p, args, w),
+        PREFETCH: lambda p, w: run_server(p, args, w, prefetch=w),
+        "poolsim backend, batch 1": lambda p, w: run_poolsim(p, args, w, 1, False),
+        f"poolsim backend, batch {args.batch}": lambda p, w: run_poolsim(
+            p, args, w, args.batch, False),
+        f"poolsim backend, batch {args.batch}, acks batched": lambda p, w: run_poolsim(
             p, args, w, args.batch, True),
         HUEY: lambda p, w: run_huey(p, args, w, None),
         HUEY_SAME: lambda p, w: run_huey(p, args, w, args.synchronous),
@@ -268,18 +300,18 @@ def main() -> int:
         cells = "".join(f"{med[name, w]:11,.0f}{med[name, w] / med[HUEY, w]:7.2f}"
                         f"{med[name, w] / med[RAW, w]:6.2f}" for w in args.workers)
         print(f"{name:40} {statistics.median(enq[name]):9,.0f}{cells}")
-    default = f"poolsim, batch {args.batch}"
-    checks = []
-    for w in args.workers:
-        huey, raw = med[default, w] / med[HUEY, w], med[default, w] / med[RAW, w]
-        checks += [(f"{w} workers: poolsim/huey drain {huey:.2f} >= {FLOOR_HUEY}",
-                    huey >= FLOOR_HUEY),
-                   (f"{w} workers: poolsim/raw floor drain {raw:.2f} >= {FLOOR_RAW}",
-                    raw >= FLOOR_RAW)]
+    checks: list[tuple[str, bool, bool]] = []  # text, passed, counts for the exit status
+    for row in (SERVER, PREFETCH):
+        for w in args.workers:
+            huey, raw = med[row, w] / med[HUEY, w], med[row, w] / med[RAW, w]
+            checks += [(f"{w} workers: {row}/huey drain {huey:.2f} >= {FLOOR_HUEY}",
+                        huey >= FLOOR_HUEY, row == SERVER),
+                       (f"{w} workers: {row}/raw floor drain {raw:.2f} >= {FLOOR_RAW}",
+                        raw >= FLOOR_RAW, row == SERVER)]
     print(f"\n({time.perf_counter() - began:.0f} s)")
-    for text, ok in checks:
+    for text, ok, _ in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
-    return 0 if all(ok for _, ok in checks) else 1
+    return 0 if all(ok for _, ok, counts in checks if counts) else 1
 
 
 if __name__ == "__main__":

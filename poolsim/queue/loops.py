@@ -166,8 +166,8 @@ def claim_plan(weights: Mapping[str, int], strict: Sequence[str] | None, free: i
     claim — so shares follow the weights per task, not per batch, in at most one
     claim per queue.
     """
-    if strict is not None:
-        return [(list(strict), free)] if free > 0 else []
+    if strict is not None or len(weights) == 1:
+        return [(list(strict or weights), free)] if free > 0 else []
     plan: dict[str, tuple[list[str], int]] = {}
     for _ in range(free):
         order = queue_order(weights, rng)

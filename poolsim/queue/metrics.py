@@ -7,13 +7,12 @@ nothing updates a gauge on the hot path (as Asynq's ``x/metrics`` exporter)::
 
     registry = CollectorRegistry()
     QueueCollector("sqlite:///jobs.db", registry=registry)
-    registry.get_sample_value("worker_queue_depth", {"queue": "default"})
+    registry.get_sample_value("poolsim_queue_depth", {"queue": "default"})
 
-Register one per store, in the process that serves ``/metrics`` for it — not
-on a registry where a ``WorkerPool``'s metrics live: that pool exports its own
-``worker_queue_depth`` (its in-memory queue) under the same name. ``describe()``
-lets the global ``REGISTRY`` refuse that clash; a ``CollectorRegistry()`` with
-``auto_describe=False`` (the default) cannot see it.
+Register one per store, in the process that serves ``/metrics`` for it. Its
+names are its own (``poolsim_queue_*``), so it can share a registry with a
+server's pool metrics, whose ``worker_queue_depth`` is that process's in-memory
+queue, not the store's.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ __all__ = ["QueueCollector"]
 class QueueCollector:
     """Exports, per queue, at scrape time:
 
-    - ``worker_queue_depth{queue}``: pending tasks (ready, waiting for a worker);
+    - ``poolsim_queue_depth{queue}``: pending tasks (ready, waiting for a worker);
     - ``poolsim_queue_tasks{queue,state}``: tasks in each :class:`State` (all six,
       zeros included);
     - ``poolsim_queue_latency_seconds{queue}``: age of the oldest pending task (0 if none);
@@ -60,7 +59,7 @@ class QueueCollector:
 
     def _families(self) -> list[GaugeMetricFamily]:
         return [
-            GaugeMetricFamily("worker_queue_depth", "Tasks pending in the queue (ready, "
+            GaugeMetricFamily("poolsim_queue_depth", "Tasks pending in the queue (ready, "
                               "waiting for a worker), read from the store.", labels=["queue"]),
             GaugeMetricFamily("poolsim_queue_tasks", "Tasks in the queue by state, read from "
                               "the store.", labels=["queue", "state"]),

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 import signal
 import threading
 import time
@@ -39,7 +40,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import CroniterBadDateError, croniter
 
 from poolsim.errors import ConfigError, TaskAlreadyExists
-from poolsim.queue.client import QUEUE_NAME, TASK_ID, Client
+from poolsim.queue.client import QUEUE_NAME, TASK_ID, Client, _seconds
 from poolsim.queue.task import Task, TaskInfo
 
 __all__ = ["Entry", "Scheduler", "SchedulerStatistics"]
@@ -52,6 +53,16 @@ SKEW_MARGIN_S = 60.0  # extra retention of a tick's task: schedulers' clocks may
 _POLL_S = 0.25  # longest sleep between checks of the stop flags (SIGTERM is seen this fast)
 _MISSED_CAP = 1000  # missed ticks counted per entry and tick, at most (the count is only reported)
 _OPTIONS = ("max_retry", "timeout", "unique_for", "retention")  # of Client.enqueue, per entry
+
+
+def _check_option(key: str, value: Any) -> None:
+    """``Client.enqueue``'s rule for one option, applied when the entry is added: an entry
+    the client would refuse would otherwise fail at every tick."""
+    if key == "max_retry":
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ConfigError("max_retry", value, "an integer >= 0")
+    else:  # timeout and unique_for > 0 (or None); retention >= 0
+        _seconds(key, value, positive=key in ("timeout", "unique_for"))
 
 
 class _Schedule(Protocol):
@@ -171,7 +182,7 @@ class SchedulerStatistics:
     enqueued: int  # ticks this scheduler enqueued
     duplicates: int  # ticks another scheduler had enqueued first (TaskAlreadyExists)
     missed: int  # ticks skipped because a later one was due too (coalesced)
-    errors: int  # ticks that failed to enqueue (retried on the next tick)
+    errors: int  # entries' ticks that failed to enqueue (each retried on the next tick)
     last_tick: float | None  # the ``now`` of the last tick() that ran
 
 
@@ -200,6 +211,7 @@ class Scheduler:
         self._watermark: dict[str, float] = {}  # ticks up to here are handled, per entry
         self._lock = threading.Lock()
         self._enqueued = self._duplicates = self._missed = self._errors = 0
+        self._failed_at: dict[str, float] = {}  # entry id -> when its failure was last logged
         self._last_tick: float | None = None
         self._stop = threading.Event()
         self._signalled = False  # set by the signal handlers, and only that
@@ -238,9 +250,7 @@ class Scheduler:
                 raise ConfigError(key, value, "not an option of a periodic task (the tick sets "
                                   "its id and time; a fixed deadline would fail every later "
                                   "tick): one of " + ", ".join(_OPTIONS))
-            number = isinstance(value, int | float) and not isinstance(value, bool)
-            if value is not None and not (number and math.isfinite(value) and value >= 0):
-                raise ConfigError(key, value, "a finite number >= 0")
+            _check_option(key, value)
         if name is None:
             digest = hashlib.sha256(json.dumps(
                 [spec, task.type, task.encoded(), queue, options], sort_keys=True, default=repr,
@@ -270,8 +280,10 @@ class Scheduler:
     def tick(self, now: float | None = None) -> list[TaskInfo]:
         """Enqueue every entry due since the last tick; returns the tasks this call enqueued
         (a tick another scheduler enqueued first is left out). Of several due ticks of one
-        entry only the latest is enqueued. An error other than ``TaskAlreadyExists`` leaves
-        that entry's tick due, so the next call retries it, and is raised."""
+        entry only the latest is enqueued. An entry that fails (an error other than
+        ``TaskAlreadyExists``: the store unreachable...) is logged and counted in
+        ``statistics().errors``, and its tick stays due, so the next call retries it; the
+        other entries go on regardless."""
         with self._lock:
             now = self._clock() if now is None else now
             self._last_tick = now
@@ -280,18 +292,33 @@ class Scheduler:
                 since = self._watermark[entry.id]
                 if now <= since:
                     continue
-                due = entry.schedule.latest(now)
-                if due > since:
-                    missed = self._count_missed(entry, since, due)
-                    info = self._enqueue(entry, due)
-                    self._missed += missed
-                    if missed:
-                        _log.warning("entry %s: %d missed tick(s) before %s skipped; only the "
-                                     "latest runs", entry.id, missed, entry.task_id(due))
-                    if info is not None:
-                        infos.append(info)
+                try:
+                    due = entry.schedule.latest(now)
+                    if due > since:
+                        missed = self._count_missed(entry, since, due)
+                        info = self._enqueue(entry, due)
+                        self._missed += missed
+                        if missed:
+                            _log.warning("entry %s: %d missed tick(s) before %s skipped; only "
+                                         "the latest runs", entry.id, missed,
+                                         entry.task_id(due))
+                        if info is not None:
+                            infos.append(info)
+                except Exception:
+                    self._errors += 1
+                    self._log_failure(entry)
+                    continue  # its watermark stays: the tick is retried next time
+                self._failed_at.pop(entry.id, None)
                 self._watermark[entry.id] = now
             return infos
+
+    def _log_failure(self, entry: Entry) -> None:
+        """Log an entry's failure with its traceback, at most every 5 s per entry."""
+        last = self._failed_at.get(entry.id, -math.inf)
+        if time.monotonic() - last >= 5.0:
+            self._failed_at[entry.id] = time.monotonic()
+            _log.exception("entry %s (%s, task %s) failed to enqueue its tick; retrying on "
+                           "the next tick", entry.id, entry.spec, entry.task.type)
 
     def _count_missed(self, entry: Entry, since: float, due: float) -> int:
         n, t = 0, entry.schedule.following(since)
@@ -312,9 +339,6 @@ class Scheduler:
         except TaskAlreadyExists:
             self._duplicates += 1
             return None
-        except Exception:
-            self._errors += 1
-            raise
         self._enqueued += 1
         return info
 

@@ -5,8 +5,13 @@ pool has free places, the lease keeper renews the leases of running tasks, the
 watchdog times out attempts, the recoverer returns tasks whose worker died, the
 forwarder moves due scheduled/retry tasks to pending (and deletes expired
 completed ones). Each attempt is settled exactly once — by its handler, its
-timeout, a lost lease or a graceful shutdown — and each settlement is one
-atomic store call that succeeds only while this worker holds the lease.
+timeout, a lost lease or a graceful shutdown — and the acker (``acker.py``)
+writes settled outcomes in batches, each batch one atomic store call that
+acknowledges only the attempts whose lease this worker still holds.
+
+Plain handlers run on a :class:`~poolsim.pool.WorkerPool` of ``concurrency``
+threads; ``async def`` handlers on an :class:`~poolsim.aio.AsyncWorkerPool` of
+``async_concurrency`` workers, on one event loop in a dedicated thread.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import inspect
 import logging
 import math
@@ -24,14 +30,16 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from poolsim.aio import AsyncWorkerPool
 from poolsim.errors import ConfigError, JobTimeout, PayloadError, QueueError
 from poolsim.jobs import current_job
 from poolsim.pool import WorkerPool
+from poolsim.queue.acker import Acker, Settled
 from poolsim.queue.attempts import (
     Attempt,
     Attempts,
@@ -71,11 +79,13 @@ class ServerStatistics:
 
     worker: str
     concurrency: int
-    active: int  # handlers running or about to (never more than concurrency)
+    active: int  # handlers running or about to (threads + coroutines)
     counts: Mapping[str, int]  # settled attempts by jobs-frame status
     leases_lost: int
     recovered: int  # lapsed leases this server's recoverer returned (any worker's)
     claims: int  # claim calls made by the fetcher
+    acks_waiting: int = 0  # settled outcomes not yet written to the store
+    ack_flushes: int = 0  # batched acknowledgements (finish_many calls) made
 
 
 class Server:
@@ -92,6 +102,11 @@ class Server:
     ``queues`` is a weight per queue (each fetch orders queues at random, a queue
     first with probability weight / total), or a list for strict priority in list
     order; ``strict=True`` makes a dict strict too, heaviest first.
+
+    Outcomes are acknowledged in batches: every ``ack_interval`` seconds or every
+    ``ack_batch`` outcomes, whichever comes first (``ack_batch=1`` writes each at once).
+    ``async def`` handlers run on one event loop, up to ``async_concurrency`` at a time
+    (default ``concurrency``); see the reference for how the two budgets are shared.
     """
 
     def __init__(
@@ -99,6 +114,8 @@ class Server:
         url: str,
         *,
         concurrency: int = 10,
+        async_concurrency: int | None = None,
+        prefetch: int = 0,
         queues: Mapping[str, int] | Sequence[str] | None = None,
         strict: bool = False,
         lease_s: float = 30.0,
@@ -113,10 +130,19 @@ class Server:
         forward_interval: float = 1.0,
         seed: int | None = None,
         registry: CollectorRegistry | PoolMetrics | None = None,
+        ack_interval: float = 0.005,
+        ack_batch: int = 64,
     ) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ConfigError("concurrency", concurrency, "an integer >= 1")
+        if async_concurrency is None:
+            async_concurrency = concurrency
+        for field, count in (("concurrency", concurrency),
+                             ("async_concurrency", async_concurrency), ("ack_batch", ack_batch)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ConfigError(field, count, "an integer >= 1")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise ConfigError("prefetch", prefetch, "an integer >= 0")
         for field, value in (("lease_s", lease_s), ("shutdown_timeout", shutdown_timeout),
+                             ("ack_interval", ack_interval),
                              ("poll_interval", poll_interval),
                              ("forward_interval", forward_interval),
                              ("recover_interval", recover_interval or 1.0),
@@ -126,6 +152,10 @@ class Server:
                 raise ConfigError(field, value, "a finite number of seconds > 0")
         self.url = url
         self.concurrency = concurrency
+        self.async_concurrency = async_concurrency
+        self.prefetch = prefetch
+        self.ack_interval = float(ack_interval)
+        self.ack_batch = ack_batch
         self.weights, self.strict = queue_weights(queues, strict)
         self.lease_s = float(lease_s)
         self.shutdown_timeout = float(shutdown_timeout)
@@ -145,6 +175,7 @@ class Server:
         self._handlers: dict[str, Callable[[Task], Any]] = {}
         self._attempts = Attempts()
         self._busy = 0  # claimed attempts whose handler thread has not returned
+        self._busy_async = 0  # ... whose coroutine handler has not ended
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._leases_lost = 0
@@ -157,12 +188,16 @@ class Server:
         self._loops: dict[str, Loop] = {}
         self._fetcher: Fetcher | None = None
         self._recoverer: Recoverer | None = None
+        self._acker: Acker | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # coroutine handlers run here
+        self._loop_thread: threading.Thread | None = None
+        self._async_pool: AsyncWorkerPool | None = None
 
     # -- handlers -----------------------------------------------------------
 
     def handler(self, task_type: str) -> Callable[[H], H]:
         """Register ``fn(task) -> None`` for ``task_type``: a plain function runs on a pool
-        thread, an ``async def`` in its own event loop on a pool thread."""
+        thread, an ``async def`` on the server's event loop (register before :meth:`start`)."""
         if not isinstance(task_type, str) or not task_type:
             raise ConfigError("task_type", task_type, "a non-empty task type string")
 
@@ -183,8 +218,15 @@ class Server:
                 raise QueueError(f"server {self.worker} was already started")
             self._state = "running"
         self._backend = backend = open_backend(self.url)
-        self._pool = WorkerPool(workers=self.concurrency, queue_size=self.concurrency,
+        self._pool = WorkerPool(workers=self.concurrency,
+                                queue_size=self.concurrency + self.prefetch,
                                 name=f"queue-server-{self.worker}")
+        if any(inspect.iscoroutinefunction(fn) for fn in self._handlers.values()):
+            self._start_event_loop()
+        self._acker = Acker(backend, self.clock, worker=self.worker,
+                            interval=self.ack_interval, batch=self.ack_batch,
+                            done=self._acknowledged)
+        self._acker.start()
         self._recoverer = Recoverer(backend, self.clock, self.recover_interval)
         self._fetcher = Fetcher(backend, self.clock, worker=self.worker, lease_s=self.lease_s,
                                 weights=self.weights, strict=self.strict, rng=self._rng,
@@ -247,8 +289,8 @@ class Server:
                 self._state = "stopped"
 
     def _shut_down(self, timeout: float) -> list[str]:
-        loops, backend, pool = self._loops, self._backend, self._pool
-        assert backend is not None and pool is not None
+        loops, backend, pool, acker = self._loops, self._backend, self._pool, self._acker
+        assert backend is not None and pool is not None and acker is not None
         loops["fetcher"].stop()
         deadline = time.monotonic() + timeout
         while self._attempts.undecided() and self._signals < 2:  # a second signal: hurry
@@ -260,6 +302,7 @@ class Server:
         ids = [attempt.info.id for attempt in left_over]
         for attempt in left_over:
             attempt.cancel()  # tell the handler; its late result is discarded
+        acker.stop(5.0)  # what finished is acknowledged before anything is handed back
         if ids:
             try:  # the lease is released first: a late ack of these finds it gone
                 n = backend.hand_back(ids, worker=self.worker, now=self.clock())
@@ -273,33 +316,85 @@ class Server:
         for name in ("watchdog", "lease_keeper", "recoverer", "forwarder"):
             loops[name].stop()
         pool.shutdown("immediate", 0.0)
+        self._stop_event_loop()
         backend.close()
         return ids
+
+    # -- the event loop for coroutine handlers -------------------------------------
+
+    def _start_event_loop(self) -> None:
+        self._loop = loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=loop.run_forever, daemon=True,
+                                             name=f"poolsim-queue-loop-{self.worker}")
+        self._loop_thread.start()
+
+        async def make() -> AsyncWorkerPool:  # its events belong to this loop
+            return AsyncWorkerPool(workers=self.async_concurrency,
+                                   queue_size=self.async_concurrency,
+                                   name=f"queue-server-async-{self.worker}")
+
+        self._async_pool = asyncio.run_coroutine_threadsafe(make(), loop).result()
+
+    def _stop_event_loop(self) -> None:
+        loop, thread, pool = self._loop, self._loop_thread, self._async_pool
+        if loop is None or thread is None or pool is None:
+            return
+        try:  # cancels what still runs (already handed back) for real
+            asyncio.run_coroutine_threadsafe(pool.shutdown("immediate", 1.0), loop).result(5.0)
+        except Exception:
+            _log.exception("the coroutine pool did not shut down cleanly")
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5.0)
+        if not thread.is_alive():
+            loop.close()
 
     # -- the fetcher's side ---------------------------------------------------
 
     def _free(self) -> int:
-        return 0 if self._state != "running" else self.concurrency - self._busy
+        """Places to claim for: a claimed task may turn out to be of either kind, so no
+        more than both the thread pool and the coroutine pool can still take."""
+        if self._state != "running":
+            return 0
+        with self._lock:
+            free = self.concurrency + self.prefetch - self._busy
+            if self._async_pool is not None:
+                free = min(free, self.async_concurrency - self._busy_async)
+        return free
 
     def _dispatch(self, info: TaskInfo) -> None:
-        """A claimed task: hold its lease, run it on the pool."""
+        """A claimed task: hold its lease, run it on the thread pool or the event loop."""
         assert self._pool is not None
         attempt = Attempt(info)
         self._attempts.add(attempt)
+        coroutine = self._async_pool is not None and inspect.iscoroutinefunction(
+            self._handlers.get(info.type))
         with self._lock:
-            self._busy += 1
+            if coroutine:
+                self._busy_async += 1
+            else:
+                self._busy += 1
         try:
-            self._pool.submit(self._process, attempt, task_type=info.type)
+            if coroutine:
+                assert self._loop is not None
+                asyncio.run_coroutine_threadsafe(self._submit_coroutine(attempt), self._loop)
+            else:
+                self._pool.submit(self._process, attempt, task_type=info.type)
         except Exception:  # the pool refused (cannot happen while running): hand it back
             _log.exception("could not run task %s; handing it back", info.id)
-            self._release_place()
-            if self._attempts.decide(attempt, "handed_back"):
-                self._store().hand_back([info.id], worker=self.worker, now=self.clock())
-                self._attempts.remove(attempt)
+            self._refused(attempt, coroutine)
 
-    def _release_place(self) -> None:
+    def _refused(self, attempt: Attempt, coroutine: bool) -> None:
+        self._release_place(coroutine)
+        if self._attempts.decide(attempt, "handed_back"):
+            self._store().hand_back([attempt.info.id], worker=self.worker, now=self.clock())
+            self._attempts.remove(attempt)
+
+    def _release_place(self, coroutine: bool = False) -> None:
         with self._lock:
-            self._busy -= 1
+            if coroutine:
+                self._busy_async -= 1
+            else:
+                self._busy -= 1
         if self._fetcher is not None:
             self._fetcher.wake()
 
@@ -307,28 +402,95 @@ class Server:
         assert self._backend is not None
         return self._backend
 
-    # -- one attempt, on a pool thread ------------------------------------------
+    # -- one attempt, on a pool thread or the event loop ---------------------------
 
     def _process(self, attempt: Attempt) -> None:
-        info = attempt.info
-        job = current_job()
-        job.attempt = info.attempt
+        """A pool thread runs a plain handler."""
         try:
-            started = self.clock()
-            deadline, by_task = attempt_deadline(info, started)
-            if not self._attempts.start(attempt, job, deadline, by_task):
-                return  # settled before it began (lease lost, or shutdown)
-            if deadline is not None:
-                job.deadline = time.monotonic() + (deadline - started)
-            outcome, error = self._run(attempt, started)
-            if self._attempts.decide(attempt, "handler"):
-                self._settle(attempt, outcome, error, started)
+            begun = self._begin(attempt)
+            if begun is None:
+                return
+            call, started = begun
+            try:
+                result = call()
+                if inspect.isawaitable(result):  # an async handler registered after start()
+                    asyncio.run(_awaited(result))
+            except (Exception, asyncio.CancelledError) as exc:
+                self._ended(attempt, exc, started)
+            else:
+                self._ended(attempt, None, started)
         finally:
             self._release_place()
 
-    def _run(self, attempt: Attempt, started: float) -> tuple[Outcome, BaseException | None]:
-        """Run the handler; the outcome of this attempt and the error, if it failed."""
+    async def _submit_coroutine(self, attempt: Attempt) -> None:
+        """On the event loop: queue the attempt on the coroutine pool. Its place is freed
+        when the coroutine ends (or, if it never started, when the pool drops it)."""
+        assert self._async_pool is not None and self._loop is not None
+        loop, ran = self._loop, False
+
+        async def body() -> None:
+            nonlocal ran
+            ran = True
+            try:
+                await self._process_coroutine(attempt)
+            finally:
+                self._release_place(coroutine=True)
+
+        try:
+            handle = await self._async_pool.submit(body, task_type=attempt.info.type)
+        except Exception:
+            _log.exception("could not run task %s; handing it back", attempt.info.id)
+            await asyncio.to_thread(self._refused, attempt, True)
+            return
+
+        def never_ran(done: asyncio.Future[None]) -> None:
+            if not ran:
+                self._release_place(coroutine=True)
+
+        def cancel() -> None:  # from another thread: a timeout, a lost lease, a shutdown
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to stop
+                loop.call_soon_threadsafe(handle.cancel)  # the pool cancels the coroutine
+
+        handle.add_done_callback(never_ran)
+        attempt.on_cancel = cancel
+        if attempt.decided is not None:  # settled before on_cancel was set
+            cancel()
+
+    async def _process_coroutine(self, attempt: Attempt) -> None:
+        """The coroutine pool runs a coroutine handler; a timeout, lost lease or hand-back
+        cancels it (``CancelledError`` inside the handler)."""
+        begun = self._begin(attempt)
+        if begun is None:
+            return
+        call, started = begun
+        try:
+            await call()
+        except (Exception, asyncio.CancelledError) as exc:  # cancelled: already decided
+            self._ended(attempt, exc, started)
+        else:
+            self._ended(attempt, None, started)
+
+    def _begin(self, attempt: Attempt) -> tuple[Callable[[], Any], float] | None:
+        """Start an attempt: the handler call to make and its start time, or None when the
+        attempt was settled before it began or ends without running a handler."""
         info = attempt.info
+        job = current_job()
+        job.attempt = info.attempt
+        started = self.clock()
+        deadline, by_task = attempt_deadline(info, started)
+        if not self._attempts.start(attempt, job, deadline, by_task):
+            return None  # settled before it began (lease lost, or shutdown)
+        if deadline is not None:
+            job.deadline = time.monotonic() + (deadline - started)
+        ready = self._prepare(info, started)
+        if isinstance(ready, tuple):
+            self._decided(attempt, *ready, started)
+            return None
+        return ready, started
+
+    def _prepare(self, info: TaskInfo, started: float
+                 ) -> Callable[[], Any] | tuple[Outcome, BaseException]:
+        """The handler call to make, or why the attempt ends without one."""
         if info.deadline is not None and started >= info.deadline:
             return archive("failed", error := QueueError(
                 f"the task's deadline passed before it ran ({info.deadline:.3f})")), error
@@ -338,34 +500,27 @@ class Server:
                 f"no handler for task type {info.type!r}; registered types: "
                 f"{sorted(self._handlers)}")), error
         try:
-            task = info.task()
+            return functools.partial(fn, info.task())
         except PayloadError as exc:
             return archive("failed", exc), exc
-        try:
-            if inspect.iscoroutinefunction(fn):
-                asyncio.run(self._await(fn, task, attempt))
-            else:
-                fn(task)
-        except SkipRetry as exc:
-            return archive("failed", exc), exc
-        except Retry as exc:
-            return self._failure(info, exc, status="retried", delay=exc.delay), exc
-        except (Exception, asyncio.CancelledError) as exc:
-            return self._failure(info, exc, status="retried"), exc
-        return Outcome(state=State.COMPLETED, status="completed"), None
 
-    async def _await(self, fn: Callable[[Task], Any], task: Task, attempt: Attempt) -> None:
-        loop, me = asyncio.get_running_loop(), asyncio.current_task()
-        assert me is not None
+    def _ended(self, attempt: Attempt, error: BaseException | None, started: float) -> None:
+        """The handler returned (``error`` None) or raised: decide and settle the attempt."""
+        info = attempt.info
+        if error is None:
+            outcome = Outcome(state=State.COMPLETED, status="completed")
+        elif isinstance(error, SkipRetry):
+            outcome = archive("failed", error)
+        elif isinstance(error, Retry):
+            outcome = self._failure(info, error, status="retried", delay=error.delay)
+        else:
+            outcome = self._failure(info, error, status="retried")
+        self._decided(attempt, outcome, error, started)
 
-        def cancel() -> None:  # from another thread: a timeout, a lost lease, a shutdown
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to stop
-                loop.call_soon_threadsafe(me.cancel)
-
-        attempt.on_cancel = cancel
-        if attempt.decided is not None:  # settled while the loop started
-            return
-        await fn(task)
+    def _decided(self, attempt: Attempt, outcome: Outcome, error: BaseException | None,
+                 started: float | None) -> None:
+        if self._attempts.decide(attempt, "handler"):
+            self._settle(attempt, outcome, error, started)
 
     def _failure(self, info: TaskInfo, error: BaseException, *, status: str,
                  delay: float | None = None, text: str | None = None) -> Outcome:
@@ -394,31 +549,26 @@ class Server:
 
     def _settle(self, attempt: Attempt, outcome: Outcome, error: BaseException | None,
                 started: float | None) -> None:
-        """Acknowledge the attempt in the store (retrying a transient failure twice), count
-        it, and show a failure to the error handler. If the store stays unreachable the
-        lease lapses and the recoverer retries the task: at least once, never lost."""
-        info = attempt.info
+        """Hand the decided outcome to the acker (which writes it within ``ack_interval``)
+        and show a failure to the error handler. Until it is written the lease is held and
+        renewed; if the worker dies first, the lease lapses and the task is retried."""
+        assert self._acker is not None
         try:
-            for pause in (0.05, 0.5, None):
-                try:
-                    ok = self._store().finish(info.id, worker=self.worker, now=self.clock(),
-                                              outcome=outcome)
-                    break
-                except Exception:
-                    if pause is None:
-                        _log.exception("could not settle task %s; its lease will lapse and "
-                                       "the recoverer will retry it", info.id)
-                        return
-                    time.sleep(pause)
-            if not ok:
+            self._acker.add(Settled(attempt, outcome, started))
+        finally:
+            if error is not None:
+                self._report_error(attempt.info, error)
+
+    def _acknowledged(self, items: Sequence[Settled], acked: Sequence[bool] | None) -> None:
+        """The acker wrote ``items`` (``acked`` None: it could not reach the store)."""
+        for n, item in enumerate(items):
+            info = item.attempt.info
+            if acked is not None and acked[n]:
+                self._count(item.outcome.status, info, item.started)
+            elif acked is not None:
                 _log.warning("task %s: the lease was gone at acknowledgement; the task was "
                              "recovered and may run again", info.id)
-                return
-            self._count(outcome.status, info, started)
-        finally:
-            self._attempts.remove(attempt)
-            if error is not None:
-                self._report_error(info, error)
+            self._attempts.remove(item.attempt)
 
     def _count(self, status: str, info: TaskInfo, started: float | None) -> None:
         with self._lock:
@@ -445,12 +595,14 @@ class Server:
         """A snapshot: how busy the server is and what became of its attempts."""
         with self._lock:
             counts = dict(self._counts)
-            busy, lost = self._busy, self._leases_lost
-        recoverer, fetcher = self._recoverer, self._fetcher
+            busy, lost = self._busy + self._busy_async, self._leases_lost
+        recoverer, fetcher, acker = self._recoverer, self._fetcher, self._acker
         return ServerStatistics(
             worker=self.worker, concurrency=self.concurrency, active=busy, counts=counts,
             leases_lost=lost, recovered=recoverer.recovered if recoverer else 0,
-            claims=fetcher.claims if fetcher else 0)
+            claims=fetcher.claims if fetcher else 0,
+            acks_waiting=acker.pending() if acker else 0,
+            ack_flushes=acker.flushes if acker else 0)
 
     def __repr__(self) -> str:
         return f"<Server {self.worker} {self.url} {self._state} concurrency={self.concurrency}>"
@@ -464,3 +616,7 @@ def _metrics_for(registry: CollectorRegistry | PoolMetrics | None) -> PoolMetric
     if isinstance(registry, PoolMetrics):
         return registry
     return PoolMetrics.for_registry(registry)
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> None:
+    await awaitable

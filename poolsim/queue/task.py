@@ -83,10 +83,11 @@ def encode_payload(payload: Any) -> str:
 
 
 def decode_payload(text: str) -> Any:
-    """A stored payload back as data, or :class:`PayloadError` if it is corrupt."""
+    """A stored payload back as data, or :class:`PayloadError` if it is corrupt (not JSON,
+    or nested too deeply for the decoder: ``RecursionError``)."""
     try:
         return json.loads(text)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise PayloadError(f"the stored payload is corrupt: {exc}", value=text) from None
 
 

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from poolsim.errors import ConfigError, PayloadError, TaskAlreadyExists, TaskNotFound
-from poolsim.queue.backends.base import Backend, Outcome
-from poolsim.queue.task import State, Task, encode_payload
+from poolsim.queue.backends.base import Backend, Outcome, recover_backoff
+from poolsim.queue.task import State, Task, TaskInfo, decode_payload, encode_payload
 from tests.queue.conftest import SEEDER, T0, make_task, seed_tasks, tasks_in
 
 W1, W2 = "host:1:aaa", "host:2:bbb"
@@ -196,11 +196,37 @@ def test_a_lapsed_lease_counts_the_attempt(backend: Backend, max_retry: int,
         state, retried_before + 1, None, None)
     assert info.last_error is not None and info.last_error.startswith("lease lapsed: worker ")
     assert W2 in info.last_error and "presumed dead" in info.last_error
-    if state == State.RETRY:  # due at once: it runs again soon
-        assert info.process_at == now + 31
-        assert backend.forward(now=now + 31) == 1
-        assert claim(backend, now=now + 31) == [task]
+    if state == State.RETRY:  # due after a back-off that doubles with each failed attempt
+        due = now + 31 + recover_backoff(retried_before)
+        assert info.process_at == due
+        assert backend.forward(now=due - 0.001) == 0
+        assert backend.forward(now=due) == 1
+        assert claim(backend, now=due) == [task]
     assert backend.finish(task, worker=W2, now=now + 40, outcome=DONE) is False
+
+
+def test_recover_backoff_doubles_up_to_a_cap() -> None:
+    assert [recover_backoff(n) for n in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert recover_backoff(10**6) == 60
+
+
+def test_a_task_that_keeps_killing_its_worker_backs_off(backend: Backend) -> None:
+    """A poison task: every worker that takes it dies. Each recovery delays the next run
+    longer, so it cannot crash-loop through the fleet; then it is archived."""
+    task = enqueue(backend, max_retry=4)
+    now, waits = T0, []
+    for attempt in range(5):
+        assert claim(backend, now=now, lease_s=10, worker=f"host:{attempt}:x") == [task]
+        assert backend.recover(now=now + 11) == 1  # the worker died with it
+        info = backend.get(task)
+        if info.state == State.ARCHIVED:
+            break
+        waits.append(info.process_at - (now + 11))
+        assert backend.forward(now=info.process_at - 0.5) == 0  # not at once
+        assert backend.forward(now=info.process_at) == 1
+        now = info.process_at
+    assert waits == [1, 2, 4, 8]
+    assert (info.state, info.retried) == (State.ARCHIVED, 5)
 
 
 # -- outcomes -------------------------------------------------------------------------
@@ -404,7 +430,7 @@ def test_history_records_every_ended_attempt(backend: Backend) -> None:
     claim(backend, "q", worker=W1, now=T0, lease_s=10)
     backend.finish(a, worker=W1, now=T0 + 1, outcome=DONE)
     assert backend.recover(now=T0 + 11) == 1  # b's worker died
-    backend.forward(now=T0 + 11)
+    backend.forward(now=T0 + 12)  # due 1 s after the recovery (recover_backoff(0))
     claim(backend, "q", worker=W2, now=T0 + 12)
     backend.finish(b, worker=W2, now=T0 + 13, outcome=DEAD)
     rows = [(h.task_id, h.type, h.queue, h.enqueued_at, h.started_at, h.ended_at, h.status,
@@ -412,9 +438,25 @@ def test_history_records_every_ended_attempt(backend: Backend) -> None:
     assert rows == [
         (a, "email", "q", T0 - 5, T0, T0 + 1, "completed", W1, 1),
         (b, "sms", "q", T0 - 4, T0, T0 + 11, "retried", W1, 1),
-        (b, "sms", "q", T0 + 11, T0 + 12, T0 + 13, "failed", W2, 2),
+        (b, "sms", "q", T0 + 12, T0 + 12, T0 + 13, "failed", W2, 2),
     ]
     assert [h.ended_at for h in backend.history(since=T0 + 11)] == [T0 + 11, T0 + 13]
+
+
+def test_forward_prunes_history_past_its_retention(backend: Backend) -> None:
+    keep = getattr(backend, "history_retention", 7 * 86400)
+    assert keep == 7 * 86400  # the default: a week
+    old, new = enqueue(backend), enqueue(backend)
+    claim(backend, limit=1, now=T0)
+    backend.finish(old, worker=W1, now=T0 + 1, outcome=DONE)
+    claim(backend, limit=1, now=T0 + 100)
+    backend.finish(new, worker=W1, now=T0 + 101, outcome=DONE)
+    backend.forward(now=T0 + 1 + keep)  # "older than": a row exactly that old stays
+    assert [h.task_id for h in backend.history()] == [old, new]
+    backend.forward(now=T0 + 1.5 + keep)
+    assert [h.task_id for h in backend.history()] == [new]
+    backend.forward(now=T0 + 102 + keep)
+    assert backend.history() == []
 
 
 # -- payloads -------------------------------------------------------------------------
@@ -450,3 +492,15 @@ def test_a_payload_that_is_not_json_is_refused(bad: dict[Any, Any]) -> None:
     assert caught.value.value is bad
     with pytest.raises(PayloadError):
         encode_payload(bad)
+
+
+@pytest.mark.parametrize("stored", ["[" * 100_000, "{\"a\":" * 100_000, '{"a": 1'])
+def test_a_corrupt_or_too_deep_stored_payload_is_a_payload_error(stored: str) -> None:
+    """A payload too deeply nested for the decoder (RecursionError) is corrupt too, so the
+    server archives the task instead of crashing its worker thread."""
+    with pytest.raises(PayloadError, match="corrupt"):
+        decode_payload(stored)
+    info = TaskInfo(id="x", type="t", payload=stored, queue="default", state=State.PENDING,
+                    max_retry=0)
+    with pytest.raises(PayloadError):
+        info.data()

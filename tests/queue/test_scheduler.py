@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
+import math
 import subprocess
 import sys
 import textwrap
@@ -224,6 +226,14 @@ def test_entry_ids_are_derived_so_that_identical_schedulers_agree(url: str) -> N
     (lambda s: s.every(5, Task("t"), deadline=2e9), "deadline"),
     (lambda s: s.every(5, Task("t"), retention="1d"), "retention"),
     (lambda s: s.every(5, Task("t"), max_retry=-1), "max_retry"),
+    # What Client.enqueue refuses is refused here, not at every tick:
+    (lambda s: s.every(5, Task("t"), timeout=0), "timeout"),
+    (lambda s: s.every(5, Task("t"), unique_for=0), "unique_for"),
+    (lambda s: s.every(5, Task("t"), max_retry=2.5), "max_retry"),
+    (lambda s: s.every(5, Task("t"), max_retry=None), "max_retry"),
+    (lambda s: s.every(5, Task("t"), max_retry=True), "max_retry"),
+    (lambda s: s.cron("* * * * *", Task("t"), timeout=math.inf), "timeout"),
+    (lambda s: s.cron("* * * * *", Task("t"), retention=-1), "retention"),
     (lambda s: s.every(5, Task("t"), name="a@b"), "name"),
     (lambda s: [s.every(5, Task("t"), name="x"), s.every(9, Task("u"), name="x")], "name"),
     (lambda s: [s.every(5, Task("t")), s.every(5, Task("t"))], "name"),
@@ -334,4 +344,47 @@ def test_start_and_stop_run_the_loop_on_a_thread(url: str) -> None:
     assert stats.enqueued >= 3 and stats.errors == 0
     ids = [i.id for i in Inspector(url).list(State.PENDING, limit=1000)]
     assert len(ids) == len(set(ids)) == stats.enqueued
+    scheduler.close()
+
+
+def test_good_entry_options_are_accepted(url: str) -> None:
+    clock = Clock(utc(2026, 1, 1))
+    scheduler = Scheduler(url, clock=clock)
+    scheduler.every(60, Task("t"), max_retry=0, timeout=0.5, unique_for=None, retention=0)
+    scheduler.every(60, Task("u"), max_retry=3, timeout=None, unique_for=30, retention=None)
+    clock.t += 60
+    assert len(scheduler.tick()) == 2
+    scheduler.close()
+
+
+def test_a_failing_entry_does_not_silence_the_others(
+        url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock(utc(2026, 1, 1))
+    scheduler = Scheduler(url, clock=clock)
+    scheduler.every(60, Task("broken"), name="broken")
+    scheduler.every(60, Task("fine"), name="fine")
+    real = scheduler._client.enqueue
+    broken = [True]
+
+    def enqueue(task: Task, **options: object) -> object:
+        if task.type == "broken" and broken[0]:
+            raise OSError("the store is on fire")
+        return real(task, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scheduler._client, "enqueue", enqueue)
+    got = []
+    with caplog.at_level(logging.ERROR, logger="poolsim.queue.scheduler"):
+        for _ in range(3):
+            clock.t += 60
+            got.append([info.id.split("@")[0] for info in scheduler.tick()])
+    assert got == [["fine"], ["fine"], ["fine"]]  # every tick of the good entry ran
+    stats = scheduler.statistics()
+    assert (stats.enqueued, stats.errors) == (3, 3)
+    failures = [r for r in caplog.records if "broken" in r.getMessage()]
+    assert failures and failures[0].exc_info is not None  # logged, with its traceback
+    assert len(failures) == 1  # at most every 5 s per entry, not at every tick
+    broken[0] = False  # the store recovers: the entry's tick was kept due, it runs now
+    clock.t += 1
+    assert [info.id for info in scheduler.tick()] == [
+        f"broken@{datetime.fromtimestamp(clock.t - 1, UTC):%Y-%m-%dT%H:%M:%S}Z"]
     scheduler.close()

@@ -395,6 +395,206 @@ def test_a_lost_lease_tells_the_handler_to_stop_and_its_result_is_not_acknowledg
     assert server.statistics().leases_lost == 1
 
 
+# -- batched acknowledgements -------------------------------------------------------------
+
+
+def test_outcomes_are_acknowledged_in_batches(
+        servers: Servers, client: Client, store: Backend) -> None:
+    """``ack_batch`` outcomes trigger a flush at once; the rest wait for ``ack_interval``."""
+    gate = threading.Event()
+    server = servers(concurrency=8, ack_batch=4, ack_interval=60.0)
+    server.handler("t")(lambda task: gate.wait(10))
+    for _ in range(8):
+        client.enqueue(Task("t"))
+    server.start()
+    wait_until(lambda: server.statistics().active == 8)
+    gate.set()
+    wait_until(ended(store, 4))  # a full batch is written at once, not after 60 s
+    server.stop()  # what still waits (fewer than a batch) is flushed by stop
+    assert len(history(store)) == 8
+    stats = server.statistics()
+    assert 1 <= stats.ack_flushes <= 2 and stats.acks_waiting == 0  # not one per task
+    assert stats.counts == {"completed": 8}
+
+    lone = servers(ack_batch=1000, ack_interval=0.02)
+    lone.handler("u")(lambda task: None)
+    client.enqueue(Task("u"))
+    lone.start()
+    wait_until(ended(store, 9))  # one outcome, flushed by the interval
+    assert lone.statistics().ack_flushes == 1
+
+
+def test_a_settled_unflushed_outcome_keeps_its_lease_and_stop_flushes_it_before_hand_back(
+        servers: Servers, client: Client, store: Backend, clock: Clock) -> None:
+    entered, release = threading.Event(), threading.Event()
+    server = servers(concurrency=2, ack_batch=1000, ack_interval=60.0, shutdown_timeout=0.2)
+    server.handler("quick")(lambda task: None)
+
+    @server.handler("stuck")
+    def stuck(task: Task) -> None:
+        entered.set()
+        release.wait(10)
+
+    quick_id = client.enqueue(Task("quick")).id
+    stuck_id = client.enqueue(Task("stuck")).id
+    server.start()
+    assert entered.wait(10)
+    wait_until(lambda: server.statistics().acks_waiting == 1)  # quick: settled, not written
+    assert history(store) == []
+    assert {t.id for t in store.list_tasks(state=State.ACTIVE)} == {quick_id, stuck_id}
+    held = get(store, quick_id).lease_until or 0
+    clock.advance(1)  # the lease keeper renews the unflushed attempt's lease too
+    wait_until(lambda: (get(store, quick_id).lease_until or 0) > held)
+    assert server.stop() == [stuck_id]
+    release.set()
+    assert [r.status for r in history(store, quick_id)] == ["completed"]
+    assert [r.status for r in history(store, stuck_id)] == ["returned"]
+    assert store.list_tasks(state=State.ACTIVE) == []
+
+
+def test_a_worker_that_dies_before_flushing_has_its_task_run_again(
+        servers: Servers, client: Client, store: Backend, clock: Clock) -> None:
+    """At least once: the handler finished, but its outcome was not written when the lease
+    was recovered (as if the worker died); the late flush finds the lease gone, and the
+    task is retried — it runs again."""
+    runs: list[int] = []
+    server = servers(ack_batch=1000, ack_interval=60.0, lease_s=30)
+    server.handler("t")(lambda task: runs.append(current_job().attempt))
+    task_id = client.enqueue(Task("t"), max_retry=3).id
+    server.start()
+    wait_until(lambda: server.statistics().acks_waiting == 1)
+    assert store.recover(now=T0 + 31) == 1  # another worker's recoverer
+    server.stop()  # the flush: the lease is gone, nothing is acknowledged
+    assert server.statistics().counts == {}
+    info = get(store, task_id)
+    assert (info.state, info.retried) == (State.RETRY, 1)
+    assert [r.status for r in history(store, task_id)] == ["retried"]
+    clock.advance(120)  # past any back-off the store gives a recovered task
+    again = servers()
+    again.handler("t")(lambda task: runs.append(current_job().attempt))
+    again.start()
+    wait_until(ended(store, 2))
+    assert runs == [1, 2]
+    assert [r.status for r in history(store, task_id)] == ["retried", "completed"]
+
+
+def test_prefetch_claims_ahead_of_free_threads_but_runs_no_more_than_concurrency(
+        servers: Servers, client: Client, store: Backend) -> None:
+    lock, running, most = threading.Lock(), [0], [0]
+    two_in, release = threading.Semaphore(0), threading.Event()
+    server = servers(concurrency=2, prefetch=3)
+
+    @server.handler("t")
+    def handler(task: Task) -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        two_in.release()
+        release.wait(10)
+        with lock:
+            running[0] -= 1
+
+    for _ in range(10):
+        client.enqueue(Task("t"))
+    server.start()
+    for _ in range(2):
+        assert two_in.acquire(timeout=10)
+    wait_until(lambda: len(store.list_tasks(state=State.ACTIVE)) == 5)
+    time.sleep(0.05)  # a negative check: no more than concurrency + prefetch are claimed
+    assert len(store.list_tasks(state=State.ACTIVE)) == 5
+    release.set()
+    wait_until(ended(store, 10))
+    assert most[0] == 2
+
+
+# -- coroutine handlers ------------------------------------------------------------------
+
+
+def test_a_failing_coroutine_handler_is_retried(
+        servers: Servers, client: Client, store: Backend) -> None:
+    import asyncio
+
+    seen: list[tuple[int, str]] = []
+    server = servers(retry_delay=lambda retried: 0.0)
+
+    @server.handler("async")
+    async def handler(task: Task) -> None:
+        await asyncio.sleep(0)
+        seen.append((current_job().attempt, threading.current_thread().name))
+        if current_job().attempt == 1:
+            raise ValueError("first attempt fails")
+
+    task_id = client.enqueue(Task("async"), max_retry=3).id
+    server.start()
+    wait_until(ended(store, 2))
+    assert [attempt for attempt, _ in seen] == [1, 2]
+    assert all(name.startswith("poolsim-queue-loop") for _, name in seen)  # the server's loop
+    assert [(r.status, r.error) for r in history(store, task_id)] == [
+        ("retried", "ValueError: first attempt fails"), ("completed", None)]
+
+
+def test_many_coroutine_handlers_overlap_on_one_loop(
+        servers: Servers, client: Client, store: Backend) -> None:
+    """50 handlers that each await 50 ms on 2 threads' worth of ``concurrency``: overlap is
+    measured by counting handlers running at once, not by wall time."""
+    import asyncio
+
+    running, most = [0], [0]  # touched only on the server's one event loop
+    server = servers(concurrency=2, async_concurrency=64)
+
+    @server.handler("nap")
+    async def nap(task: Task) -> None:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            await asyncio.sleep(0.05)
+        finally:
+            running[0] -= 1
+
+    for _ in range(50):
+        client.enqueue(Task("nap"))
+    server.start()
+    wait_until(ended(store, 50))
+    assert most[0] >= 20, most[0]  # far beyond the 2 threads; ideally all 50 at once
+    assert server.statistics().active == 0
+    assert Counter(r.status for r in history(store)) == {"completed": 50}
+
+
+def test_graceful_stop_hands_back_running_coroutine_handlers_and_cancels_them(
+        servers: Servers, client: Client, store: Backend) -> None:
+    import asyncio
+
+    entered, cancelled = threading.Semaphore(0), threading.Semaphore(0)
+    server = servers(concurrency=4, shutdown_timeout=0.2)
+
+    @server.handler("quick")
+    async def quick(task: Task) -> None:
+        await asyncio.sleep(0.01)
+
+    @server.handler("stuck")
+    async def stuck(task: Task) -> None:
+        entered.release()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.release()
+            raise
+
+    quick_id = client.enqueue(Task("quick")).id
+    stuck_ids = {client.enqueue(Task("stuck")).id for _ in range(2)}
+    server.start()
+    for _ in range(2):
+        assert entered.acquire(timeout=10)
+    wait_until(ended(store, 1))
+    assert set(server.stop()) == stuck_ids
+    for _ in range(2):
+        assert cancelled.acquire(timeout=10)
+    assert [r.status for r in history(store, quick_id)] == ["completed"]
+    for task_id in stuck_ids:
+        assert (get(store, task_id).state, [r.status for r in history(store, task_id)]) == (
+            State.PENDING, ["returned"])
+
+
 # -- fetching ---------------------------------------------------------------------------
 
 
@@ -579,6 +779,10 @@ def test_run_returns_after_sigterm_and_restores_the_handlers(
     ({"queues": "default"}, "queues"),
     ({"lease_s": 0}, "lease_s"),
     ({"shutdown_timeout": float("nan")}, "shutdown_timeout"),
+    ({"async_concurrency": 0}, "async_concurrency"),
+    ({"ack_batch": 0}, "ack_batch"),
+    ({"ack_interval": 0}, "ack_interval"),
+    ({"prefetch": -1}, "prefetch"),
 ])
 def test_bad_options_are_refused_up_front(url: str, options: dict[str, Any],
                                           field: str) -> None:

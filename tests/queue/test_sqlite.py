@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -162,3 +166,256 @@ def test_sigkill_mid_burst_loses_no_returned_enqueue(tmp_path: Path, sync: str) 
         assert set(printed) <= stored
         assert len(stored) - len(printed) <= 1  # at most the one it was writing
         client.enqueue(Task("after", {}))  # the file is healthy after the kill
+
+
+# -- review fixes: busy codes, connections, deadlines, indexes --------------------------
+
+
+def busy_then_ok(code: int, failures: int = 2) -> tuple[list[int], Any]:
+    """A transaction body that fails ``failures`` times with ``code``, then returns."""
+    calls: list[int] = []
+
+    def body(conn: sqlite3.Connection) -> str:
+        calls.append(1)
+        if len(calls) <= failures:
+            exc = sqlite3.OperationalError("database is locked (extended)")
+            exc.sqlite_errorcode = code
+            raise exc
+        return "ok"
+
+    return calls, body
+
+
+@pytest.mark.parametrize("code", [
+    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED,
+    517,  # SQLITE_BUSY_SNAPSHOT: a WAL reader's snapshot went stale
+    261,  # SQLITE_BUSY_RECOVERY: another connection is recovering the WAL
+    773,  # SQLITE_BUSY_TIMEOUT
+    262,  # SQLITE_LOCKED_SHAREDCACHE
+])
+def test_extended_busy_codes_are_retried(tmp_path: Path, code: int) -> None:
+    db = SQLiteBackend(f"sqlite:///{tmp_path}/jobs.db")
+    calls, body = busy_then_ok(code)
+    assert db._run(body) == "ok"
+    assert len(calls) == 3
+    db.close()
+
+
+def test_other_errors_are_not_retried(tmp_path: Path) -> None:
+    db = SQLiteBackend(f"sqlite:///{tmp_path}/jobs.db")
+    calls, body = busy_then_ok(sqlite3.SQLITE_IOERR | (3 << 8))  # SQLITE_IOERR_WRITE
+    with pytest.raises(BackendUnavailable):
+        db._run(body)
+    assert len(calls) == 1
+    db.close()
+
+
+def open_fds(path: Path) -> int:
+    """This process's file descriptors open on ``path`` (the database file itself)."""
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == str(path):
+                count += 1
+    return count
+
+
+def test_short_lived_threads_leave_no_connections_behind(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    with Client(url) as client:
+        client.enqueue(Task("t"))  # this thread's connection: the one that stays
+        before = open_fds(tmp_path / "jobs.db")
+        for i in range(300):
+            thread = threading.Thread(target=client.enqueue, args=(Task("t", {"i": i}),))
+            thread.start()
+            thread.join()
+        backend = client.backend
+        assert isinstance(backend, SQLiteBackend)
+        deadline = time.monotonic() + 5
+        while len(backend._conns) > 1 and time.monotonic() < deadline:
+            gc.collect()
+            time.sleep(0.01)
+        assert len(backend._conns) == 1
+        # SQLite may defer closing one descriptor while this thread's connection holds a
+        # POSIX lock on the file (closing it would drop that lock); it reuses it, no more.
+        assert open_fds(tmp_path / "jobs.db") <= before + 1
+        assert len(backend.list_tasks(state=State.PENDING, limit=1000)) == 301
+
+
+def test_close_closes_the_connections_of_live_threads(tmp_path: Path) -> None:
+    db = SQLiteBackend(f"sqlite:///{tmp_path}/jobs.db")
+    opened, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        db.list_tasks(state=State.PENDING)
+        opened.set()
+        release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert opened.wait(10)
+    assert len(db._conns) == 2
+    db.close()
+    assert len(db._conns) == 0 and open_fds(tmp_path / "jobs.db") == 0
+    release.set()
+    thread.join()
+
+
+FORKED = """
+    import os, sys, threading
+    from poolsim.queue import Client, Task, State
+    client = Client(sys.argv[1])
+    client.enqueue(Task("parent"))
+    # Another thread holds the write lock at the moment of the fork.
+    held, release = threading.Event(), threading.Event()
+    def hold():
+        with client.backend._write_lock:
+            held.set()
+            release.wait(10)
+    threading.Thread(target=hold).start()
+    held.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: its own connection, a fresh lock, the parent's untouched
+        import signal
+        signal.alarm(10)  # an inherited, held lock would hang it for ever
+        client.enqueue(Task("child"))
+        os._exit(0 if len(client.backend.list_tasks(state=State.PENDING)) == 2 else 3)
+    _, status = os.waitpid(pid, 0)
+    release.set()
+    client.enqueue(Task("parent again"))  # the parent's connection still works
+    print(os.waitstatus_to_exitcode(status),
+          len(client.backend.list_tasks(state=State.PENDING)), flush=True)
+"""
+
+
+def test_a_forked_child_opens_its_own_connection_and_lock(tmp_path: Path) -> None:
+    proc = run(FORKED, f"sqlite:///{tmp_path}/jobs.db")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.split() == ["0", "3"]
+
+
+def test_waiting_for_the_write_lock_counts_against_the_same_timeout(tmp_path: Path) -> None:
+    """Five threads, one deadline each: they all give up after ~timeout, not after
+    1x, 2x ... 5x timeout (each waiting for the one before to time out)."""
+    url = f"sqlite:///{tmp_path}/jobs.db?timeout=0.4"
+    db = SQLiteBackend(url)
+    other = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's writer that never lets go
+    failed: list[tuple[float, BackendUnavailable]] = []
+    began = time.monotonic()
+
+    def write() -> None:
+        try:
+            db.enqueue(make_task(), now=T0)
+        except BackendUnavailable as exc:
+            failed.append((time.monotonic() - began, exc))
+
+    threads = [threading.Thread(target=write) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    other.execute("ROLLBACK")
+    other.close()
+    assert len(failed) == 5
+    assert max(elapsed for elapsed, _ in failed) < 0.4 + 0.35, sorted(e for e, _ in failed)
+    assert all(exc.url == url and "locked" in exc.reason for _, exc in failed)
+    db.enqueue(make_task(), now=T0)  # and afterwards it works, with the full busy timeout
+    assert db._holder(time.monotonic() + 1).busy_ms == 400
+    db.close()
+
+
+def test_a_connection_is_cached_only_once_configured(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    SQLiteBackend(url).close()  # the schema exists
+    made: list[sqlite3.Connection] = []
+    fail = [True]
+
+    class Flaky(sqlite3.Connection):
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            if sql.startswith("PRAGMA synchronous") and fail[0]:
+                fail[0] = False
+                raise sqlite3.OperationalError("disk I/O error")
+            return super().execute(sql, *args)
+
+    real = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = real(*args, factory=Flaky, **kwargs)
+        made.append(conn)
+        return conn
+
+    monkeypatch.setattr("poolsim.queue.backends.sqlite.sqlite3.connect", connect)
+    with pytest.raises(BackendUnavailable, match="disk I/O"):
+        SQLiteBackend(url)  # its first connection failed half-configured
+    db = SQLiteBackend(url)
+    assert len(made) == 2
+    with pytest.raises(sqlite3.ProgrammingError):  # the half-configured one was closed
+        made[0].execute("SELECT 1")
+    conn = db._conn()
+    assert conn is made[1]
+    assert conn.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL, as configured
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (10_000,)
+    db.close()
+
+
+def plans(db: SQLiteBackend, sql: str, *args: object) -> list[str]:
+    return [row[3] for row in db._conn().execute(f"EXPLAIN QUERY PLAN {sql}", args)]
+
+
+def test_stats_and_listing_a_state_search_an_index(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inspector's queries must not scan the whole table: the archive and the completed
+    tasks kept for retention grow without bound."""
+    db = SQLiteBackend(f"sqlite:///{tmp_path}/jobs.db")
+    seen: list[str] = []
+    real_run = db._run
+
+    def spy(body: Any, *, write: bool = True) -> Any:
+        def traced(conn: sqlite3.Connection) -> Any:
+            conn.set_trace_callback(seen.append)
+            try:
+                return body(conn)
+            finally:
+                conn.set_trace_callback(None)
+        return real_run(traced, write=write)
+
+    monkeypatch.setattr(db, "_run", spy)
+    db.enqueue(make_task(queue="q"), now=T0)
+    db.stats(now=T0)
+    for state in State:
+        db.list_tasks(state=state)
+        db.list_tasks(state=state, queue="q", limit=5, offset=1)
+    monkeypatch.undo()
+    queries = [q for q in seen if "FROM tasks" in q and q.lstrip().startswith("SELECT")]
+    assert len(queries) >= 2 + 2 * len(State)
+    for sql in queries:
+        plan = plans(db, sql)
+        assert not any(step.startswith("SCAN tasks") for step in plan), (sql, plan)
+    db.close()
+
+
+def test_history_retention_is_an_option(tmp_path: Path) -> None:
+    db = SQLiteBackend(f"sqlite:///{tmp_path}/a.db?history_retention=3600")
+    assert db.history_retention == 3600
+    db.close()
+    db = SQLiteBackend(f"sqlite:///{tmp_path}/b.db?history_retention=3600",
+                       history_retention=60)
+    assert db.history_retention == 60  # the argument wins
+    db.close()
+    db = SQLiteBackend(f"sqlite:///{tmp_path}/c.db?history_retention=inf")
+    db.enqueue(make_task(), now=T0)
+    [task] = db.claim(["default"], worker="w", now=T0, lease_s=5, limit=1)
+    assert db.hand_back([task.id], worker="w", now=T0)
+    db.forward(now=T0 + 10**9)
+    assert len(db.history()) == 1  # inf: never pruned
+    db.close()
+    for bad in ("0", "-1", "soon", "nan"):
+        with pytest.raises(ConfigError) as caught:
+            SQLiteBackend(f"sqlite:///{tmp_path}/d.db?history_retention={bad}")
+        assert caught.value.field == "history_retention"
+    with pytest.raises(ConfigError) as caught:
+        SQLiteBackend(f"sqlite:///{tmp_path}/d.db", history_retention=0)
+    assert caught.value.field == "history_retention"

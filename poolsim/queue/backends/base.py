@@ -17,7 +17,19 @@ from typing import Literal, Protocol
 from poolsim.errors import ConfigError
 from poolsim.queue.task import State, TaskInfo
 
-__all__ = ["Backend", "HistoryRow", "Outcome", "QueueStats", "open_backend"]
+__all__ = ["Backend", "HistoryRow", "Outcome", "QueueStats", "open_backend", "recover_backoff"]
+
+# A task recovered from a dead worker is due after min(cap, base * 2**retried) seconds.
+RECOVER_BACKOFF_BASE_S, RECOVER_BACKOFF_CAP_S = 1.0, 60.0
+
+
+def recover_backoff(retried: int) -> float:
+    """Seconds until a task recovered from a dead worker runs again, ``retried`` being its
+    failed attempts before the one that died: ``min(60, 1 * 2**retried)`` — 1 s, 2 s,
+    4 s ... 60 s. Immediate retries would let a "poison" task that kills its worker
+    crash-loop through the whole fleet; every backend applies this in :meth:`Backend.recover`.
+    """
+    return min(RECOVER_BACKOFF_CAP_S, RECOVER_BACKOFF_BASE_S * 2.0 ** min(max(retried, 0), 64))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -119,14 +131,15 @@ class Backend(Protocol):
 
     def recover(self, *, now: float) -> int:
         """Tasks whose lease lapsed before ``now`` (their worker died) go to ``retry`` with
-        the attempt counted (due at once, ``last_error`` "lease lapsed: worker ... presumed
-        dead"), or to ``archived`` when out of retries. Only lapsed leases: a live worker's
-        task is never taken. Returns how many."""
+        the attempt counted (due at ``now + recover_backoff(retried)``, ``last_error``
+        "lease lapsed: worker ... presumed dead"), or to ``archived`` when out of retries.
+        Only lapsed leases: a live worker's task is never taken. Returns how many."""
         ...
 
     def forward(self, *, now: float) -> int:
         """Move ``scheduled`` and ``retry`` tasks due by ``now`` to ``pending``; delete
-        ``completed`` tasks past their retention. Returns how many moved."""
+        ``completed`` tasks past their retention, and history rows that ended more than the
+        store's ``history_retention`` before ``now``. Returns how many moved."""
         ...
 
     def stats(self, *, now: float) -> list[QueueStats]:

@@ -1,7 +1,7 @@
 """The embedded task store: one SQLite file in WAL mode, shared by threads and processes.
 
 ``SQLiteBackend("sqlite:///jobs.db")`` (relative path; ``sqlite:////var/lib/app/jobs.db``
-is absolute). Query options: ``synchronous`` and ``timeout``.
+is absolute). Query options: ``synchronous``, ``timeout`` and ``history_retention``.
 
 Durability. The default, ``synchronous=NORMAL``, fsyncs the WAL only at checkpoints: every
 committed call survives a crash of the *process* (kill -9 included), but a power loss or
@@ -10,13 +10,29 @@ fsyncs every commit, so a call that returned survives power loss too, at roughly
 of the throughput on ordinary disks.
 
 Concurrency. Each thread gets its own connection (``threading.local``), so reads run in
-parallel with a write; writes are serialised inside the process by a lock (a handoff
-between threads costs microseconds, where SQLite's own busy handler would sleep for
-milliseconds) and across processes by SQLite's lock, which ``busy_timeout`` waits for.
-A ``SQLITE_BUSY`` the busy handler does not cover (WAL recovery, a stale snapshot) is
-retried by :meth:`SQLiteBackend._run` with a short back-off; a lock held past ``timeout``
-seconds (default 5) raises :class:`~poolsim.errors.BackendUnavailable` naming the URL.
+parallel with a write; a thread's connection is closed when the thread ends (a process
+whose short-lived threads enqueue keeps no more connections than it has live threads).
+Writes are serialised inside the process by a lock (a handoff between threads costs
+microseconds, where SQLite's own busy handler would sleep for milliseconds) and across
+processes by SQLite's lock, which ``busy_timeout`` waits for. A ``SQLITE_BUSY`` or
+``SQLITE_LOCKED`` the busy handler does not cover (WAL recovery, a stale snapshot: the
+extended codes, compared by their primary code) is retried by :meth:`SQLiteBackend._run`
+with a short back-off. One deadline, ``timeout`` seconds (default 5) from the start of a
+call, bounds all of its waiting — for the in-process lock, SQLite's lock and the retries
+— and raises :class:`~poolsim.errors.BackendUnavailable` naming the URL when it passes.
 ``sqlite:///:memory:`` is refused: each connection would see its own empty database.
+After ``fork`` the child opens its own connections (SQLite connections must not cross a
+fork; the inherited ones are dropped unclosed, so the parent's locks stay intact).
+
+Retries after a crash. A task whose worker died (its lease lapsed) goes to ``retry`` due
+:func:`~poolsim.queue.backends.base.recover_backoff` seconds later (1 s, 2 s, 4 s ... at
+most 60 s), so a "poison" task that kills its worker does not crash-loop through the
+fleet at full speed before it runs out of retries.
+
+History. The ``history`` table (one row per ended attempt: the jobs frame) is pruned by
+:meth:`SQLiteBackend.forward` (the janitor): rows that ended more than
+``history_retention`` seconds ago are deleted (default 7 days; ``?history_retention=inf``
+keeps them for ever). Keep at least a day for the inspector's daily counts.
 
 Every method is one transaction (``BEGIN IMMEDIATE`` for writes). The file (and its
 ``-wal``/``-shm`` companions, which SQLite creates with the file's mode) is created
@@ -34,27 +50,34 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from poolsim.errors import BackendUnavailable, ConfigError, TaskAlreadyExists, TaskNotFound
-from poolsim.queue.backends.base import HistoryRow, Outcome, QueueStats
+from poolsim.queue.backends.base import HistoryRow, Outcome, QueueStats, recover_backoff
 from poolsim.queue.task import State, TaskInfo
 
 __all__ = ["SQLiteBackend"]
 
 T = TypeVar("T")
-_BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+_BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}  # primary codes: compare code & 0xFF
 _SYNC = ("NORMAL", "FULL", "EXTRA")
 _FIELDS = tuple(f.name for f in dataclasses.fields(TaskInfo))
 _COLS = ", ".join(_FIELDS)
 _AT = 1 + _FIELDS.index("process_at")  # in a claimed row, which starts with seq
+_STATES = ", ".join(f"'{state.value}'" for state in State)
 _FAILED = ("completed", "returned")  # statuses that are not failures
 # Checkpoint the WAL every ~40 MB instead of SQLite's 4 MB: each checkpoint fsyncs twice
 # even at synchronous=NORMAL, and a longer WAL writes each hot page back once, not ten
 # times (bench/queue_throughput.py: drain ~1.6x faster). The file shrinks back to 64 MB.
 WAL_CHECKPOINT_PAGES, WAL_SIZE_LIMIT = 10_000, 64 * 2**20
+HISTORY_RETENTION_S = 7 * 86400.0  # history rows older than this are pruned by forward()
+_OPTIONS = ("synchronous", "timeout", "history_retention")
+# Connections inherited across a fork: never closed in the child (closing would touch the
+# parent's file state), only kept referenced so that Python does not close them either.
+_ORPHANS: list[sqlite3.Connection] = []
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -84,6 +107,9 @@ CREATE INDEX IF NOT EXISTS tasks_due ON tasks (process_at)
     WHERE state IN ('scheduled', 'retry');
 CREATE INDEX IF NOT EXISTS tasks_lease ON tasks (lease_until) WHERE state = 'active';
 CREATE INDEX IF NOT EXISTS tasks_expire ON tasks (expire_at) WHERE state = 'completed';
+-- The inspector's: counts by state and queue, and listing a state, without a table scan.
+-- The hot paths name their partial index (INDEXED BY): this one would match them too.
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks (state, queue, process_at);
 CREATE TABLE IF NOT EXISTS uniques (    -- unique locks live unique_for seconds, whatever
     key TEXT PRIMARY KEY,               -- becomes of the task (a cron tick stays once)
     until REAL NOT NULL,
@@ -105,8 +131,8 @@ CREATE INDEX IF NOT EXISTS history_ended ON history (ended_at, queue);
 
 _CLAIM = f"""
 UPDATE tasks SET state = 'active', worker = ?, lease_until = ?, started_at = ?
-WHERE seq IN (SELECT seq FROM tasks WHERE queue = ? AND state = 'pending'
-              ORDER BY process_at, seq LIMIT ?)
+WHERE seq IN (SELECT seq FROM tasks INDEXED BY tasks_claim
+              WHERE queue = ? AND state = 'pending' ORDER BY process_at, seq LIMIT ?)
 RETURNING seq, {_COLS}"""
 _INSERT = f"INSERT INTO tasks ({_COLS}) VALUES ({', '.join('?' * len(_FIELDS))})"
 _HISTORY = """INSERT INTO history (task_id, type, queue, enqueued_at, started_at, ended_at,
@@ -123,6 +149,12 @@ _ENDING = """SELECT seq, id, type, queue, process_at, started_at, retried, max_r
 
 def parse_url(url: str) -> tuple[Path, str, float]:
     """``sqlite:///rel.db`` or ``sqlite:////abs.db?synchronous=FULL&timeout=5`` → parts."""
+    path, sync, timeout, _ = parse_url_options(url)
+    return path, sync, timeout
+
+
+def parse_url_options(url: str) -> tuple[Path, str, float, float]:
+    """:func:`parse_url`'s parts and ``history_retention`` (seconds, may be ``inf``)."""
     if not isinstance(url, str) or not url.startswith("sqlite:///"):
         raise ConfigError("url", url, "sqlite:///relative/path.db or sqlite:////absolute.db")
     path, _, query = url[len("sqlite:///"):].partition("?")
@@ -130,19 +162,57 @@ def parse_url(url: str) -> tuple[Path, str, float]:
         raise ConfigError("url", url, "a database file: an in-memory database is private to "
                           "one connection and the queue uses one per thread and process")
     options = dict(urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=False))
-    unknown = set(options) - {"synchronous", "timeout"}
+    unknown = set(options) - set(_OPTIONS)
     if unknown:
-        raise ConfigError("url", url, f"known options are synchronous, timeout (not {unknown})")
+        raise ConfigError("url", url, f"known options are {', '.join(_OPTIONS)} "
+                          f"(not {unknown})")
     sync = options.get("synchronous", "NORMAL").upper()
     if sync not in _SYNC:
         raise ConfigError("synchronous", options["synchronous"], f"one of {', '.join(_SYNC)}")
-    try:
-        timeout = float(options.get("timeout", "5"))
-    except ValueError:
-        timeout = math.nan
+    timeout = _float(options.get("timeout", "5"))
     if not (math.isfinite(timeout) and timeout > 0):
         raise ConfigError("timeout", options.get("timeout"), "seconds > 0")
-    return Path(urllib.parse.unquote(path)), sync, timeout
+    keep = _float(options.get("history_retention", repr(HISTORY_RETENTION_S)))
+    if not keep > 0:  # NaN fails too; inf keeps history for ever
+        raise ConfigError("history_retention", options.get("history_retention"),
+                          "seconds > 0 (inf: never pruned)")
+    return Path(urllib.parse.unquote(path)), sync, timeout, keep
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+class _Holder:
+    """One thread's connection, in that thread's ``threading.local``: when the thread ends
+    the holder is freed, and its finalizer closes the connection."""
+
+    __slots__ = ("__weakref__", "busy_ms", "conn")
+
+    def __init__(self, conn: sqlite3.Connection, busy_ms: int) -> None:
+        self.conn = conn
+        self.busy_ms = busy_ms  # the connection's busy_timeout, in ms
+
+
+def _release(conn: sqlite3.Connection, pid: int, conns: set[sqlite3.Connection],
+             lock: threading.RLock) -> None:
+    """Close a connection whose thread ended — unless this is a forked child: there it is
+    the parent's, and is kept referenced, unclosed (closing it could run a checkpoint or
+    drop locks on the parent's behalf)."""
+    if os.getpid() != pid:
+        _ORPHANS.append(conn)
+        return
+    with lock:
+        conns.discard(conn)
+    with contextlib.suppress(sqlite3.Error):  # closing is best effort
+        conn.close()
+
+
+def _ms(seconds: float) -> int:
+    return max(0, int(seconds * 1000))
 
 
 class SQLiteBackend:
@@ -156,19 +226,34 @@ class SQLiteBackend:
     >>> db.close()
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, history_retention: float | None = None) -> None:
         self.url = url
-        self.path, self.synchronous, self.timeout = parse_url(url)
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
-        self._conns_lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._pid = os.getpid()
+        self.path, self.synchronous, self.timeout, keep = parse_url_options(url)
+        if history_retention is not None:  # the argument wins over the URL's option
+            ok = isinstance(history_retention, int | float) and not isinstance(
+                history_retention, bool)
+            if not (ok and history_retention > 0):
+                raise ConfigError("history_retention", history_retention,
+                                  "seconds > 0 (inf: never pruned)")
+            keep = float(history_retention)
+        self.history_retention = keep
         self._closed = False
+        self._after_fork()  # the connection state: empty
+        _LIVE.add(self)
         self._create_file()
         self._run(self._create_schema)
 
     # -- connections and transactions -------------------------------------------------
+
+    def _after_fork(self) -> None:
+        """Start with no connections and fresh locks (at start-up, and in a forked child:
+        the parent's connections are never closed here, see :func:`_release`, and a lock
+        another thread held at the fork would never be released)."""
+        self._local = threading.local()
+        self._conns: set[sqlite3.Connection] = set()
+        self._conns_lock = threading.RLock()  # RLock: a finalizer may run while it is held
+        self._write_lock = threading.Lock()
+        self._pid = os.getpid()
 
     def _create_file(self) -> None:
         try:
@@ -179,28 +264,55 @@ class SQLiteBackend:
             raise BackendUnavailable(self.url, f"cannot create {self.path}: {exc}") from None
 
     def _conn(self) -> sqlite3.Connection:
+        """This thread's connection (opened and configured on first use)."""
+        return self._holder(time.monotonic() + self.timeout).conn
+
+    def _holder(self, deadline: float) -> _Holder:
         if self._closed:
             raise BackendUnavailable(self.url, "the backend is closed")
-        if os.getpid() != self._pid:  # forked: the parent's connections are not ours
-            self._local, self._conns, self._pid = threading.local(), [], os.getpid()
-            self._write_lock = threading.Lock()
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
-                                   check_same_thread=False, cached_statements=64)
-            self._local.conn = conn
-            with self._conns_lock:
-                self._conns.append(conn)
-            self._retry(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+        if os.getpid() != self._pid:  # forked without the at-fork hook (it resets this too)
+            self._after_fork()
+        holder: _Holder | None = getattr(self._local, "holder", None)
+        if holder is None:
+            holder = self._open(deadline)
+            self._local.holder = holder
+        return holder
+
+    def _open(self, deadline: float) -> _Holder:
+        """A configured connection, owned by a holder that closes it when the thread (and
+        so the thread-local holder) goes; nothing is cached unless every pragma took."""
+        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None,
+                               check_same_thread=False, cached_statements=64)
+        try:
+            self._retry(lambda: conn.execute("PRAGMA journal_mode=WAL"), deadline)
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-        return conn
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            raise
+        holder = _Holder(conn, _ms(self.timeout))
+        with self._conns_lock:
+            if self._closed:  # close() ran meanwhile: do not leave this one behind
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+                raise BackendUnavailable(self.url, "the backend is closed")
+            self._conns.add(conn)
+        finalizer = weakref.finalize(holder, _release, conn, self._pid, self._conns,
+                                     self._conns_lock)
+        finalizer.atexit = False
+        return holder
 
     def _run(self, body: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
-        """``body`` in one transaction (``BEGIN IMMEDIATE`` when it writes), retried on BUSY."""
+        """``body`` in one transaction (``BEGIN IMMEDIATE`` when it writes), retried on BUSY;
+        all the waiting (this process's write lock, SQLite's lock) within ``timeout``."""
+        deadline = time.monotonic() + self.timeout
+
         def once() -> T:
-            conn = self._conn()
+            holder = self._holder(deadline)
+            conn = holder.conn
+            self._bound_busy_wait(holder, deadline)
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 result = body(conn)
@@ -212,23 +324,44 @@ class SQLiteBackend:
             return result
 
         if not write:
-            return self._retry(once)
-        with self._write_lock:
-            return self._retry(once)
+            return self._retry(once, deadline)
+        lock = self._write_lock
+        if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise BackendUnavailable(
+                self.url, f"the database stayed locked for {self.timeout:g} s (this "
+                "process's other writers held it, waiting for SQLite's lock)")
+        try:
+            return self._retry(once, deadline)
+        finally:
+            lock.release()
 
-    def _retry(self, step: Callable[[], T]) -> T:
-        deadline, pause = time.monotonic() + self.timeout, 0.0005
+    def _bound_busy_wait(self, holder: _Holder, deadline: float) -> None:
+        """SQLite's busy handler waits at most what is left of ``deadline``: lowered only
+        when a call has already waited (for the write lock, or retrying), else the full
+        ``timeout``, so an uncontended call issues no extra statement."""
+        full, left = _ms(self.timeout), _ms(deadline - time.monotonic())
+        want = full if left >= full * 0.95 else max(1, left)
+        if want != holder.busy_ms:
+            holder.conn.execute(f"PRAGMA busy_timeout = {want}")
+            holder.busy_ms = want
+
+    def _retry(self, step: Callable[[], T], deadline: float) -> T:
+        pause = 0.0005
         while True:
             try:
                 return step()
             except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorcode", None) not in _BUSY:
+                code = getattr(exc, "sqlite_errorcode", None)
+                # Extended codes (SQLITE_BUSY_SNAPSHOT 517, BUSY_RECOVERY 261...) carry the
+                # primary code in their low byte.
+                if not isinstance(code, int) or code & 0xFF not in _BUSY:
                     raise BackendUnavailable(self.url, str(exc)) from exc
                 if time.monotonic() >= deadline:
                     raise BackendUnavailable(
                         self.url, f"the database stayed locked for {self.timeout:g} s "
                         "(another process holds a write transaction)") from exc
-                time.sleep(pause * (0.5 + random.random()))
+                time.sleep(min(pause * (0.5 + random.random()),
+                               max(0.0, deadline - time.monotonic())))
                 pause = min(pause * 2, 0.05)
             except sqlite3.IntegrityError:
                 raise
@@ -251,7 +384,8 @@ class SQLiteBackend:
         """Close every thread's connection; later calls raise ``BackendUnavailable``."""
         self._closed = True
         with self._conns_lock:
-            conns, self._conns = self._conns, []
+            conns = list(self._conns)
+            self._conns.clear()
         for conn in conns:
             with contextlib.suppress(sqlite3.Error):  # closing is best effort
                 conn.close()
@@ -376,10 +510,13 @@ class SQLiteBackend:
         return self._run(body)
 
     def recover(self, *, now: float) -> int:
-        """Tasks whose lease lapsed before ``now`` go to retry (due at once) or, out of
-        retries, to the archive; the attempt counts. A live lease is never touched."""
+        """Tasks whose lease lapsed before ``now`` go to retry or, out of retries, to the
+        archive; the attempt counts. A live lease is never touched. A retry is due after
+        :func:`~poolsim.queue.backends.base.recover_backoff` (1 s, 2 s, 4 s ... at most
+        60 s): a task that kills its worker must not crash-loop through the fleet."""
         def body(conn: sqlite3.Connection) -> int:
-            rows = conn.execute(f"{_ENDING} WHERE state = 'active' AND lease_until < ?",
+            rows = conn.execute(f"{_ENDING} INDEXED BY tasks_lease WHERE state = 'active' "
+                                "AND lease_until < ?",
                                 (now,)).fetchall()
             for seq, task_id, type_, queue, ready, started, retried, max_retry, _, worker, \
                     until in rows:
@@ -390,7 +527,8 @@ class SQLiteBackend:
                     "UPDATE tasks SET state = ?, retried = retried + 1, process_at = ?, "
                     "last_error = ?, last_failed_at = ?, lease_until = NULL, worker = NULL "
                     "WHERE seq = ?",
-                    ("retry" if retry else "archived", now if retry else ready, error, now, seq))
+                    ("retry" if retry else "archived",
+                     now + recover_backoff(retried) if retry else ready, error, now, seq))
                 conn.execute(_HISTORY, (task_id, type_, queue, ready, started, now,
                                         "retried" if retry else "failed", worker, retried + 1,
                                         error))
@@ -399,13 +537,19 @@ class SQLiteBackend:
         return self._run(body)
 
     def forward(self, *, now: float) -> int:
-        """Due scheduled/retry tasks → pending; delete completed tasks past retention and
-        expired unique locks (the janitor). Returns how many tasks moved."""
+        """Due scheduled/retry tasks → pending; delete completed tasks past retention,
+        expired unique locks and history rows older than ``history_retention`` (the
+        janitor). Returns how many tasks moved."""
         def body(conn: sqlite3.Connection) -> int:
-            moved = conn.execute("UPDATE tasks SET state = 'pending' WHERE state IN "
+            moved = conn.execute("UPDATE tasks INDEXED BY tasks_due SET state = 'pending' "
+                                 "WHERE state IN "
                                  "('scheduled', 'retry') AND process_at <= ?", (now,)).rowcount
-            conn.execute("DELETE FROM tasks WHERE state = 'completed' AND expire_at <= ?", (now,))
+            conn.execute("DELETE FROM tasks INDEXED BY tasks_expire WHERE state = 'completed' "
+                         "AND expire_at <= ?", (now,))
             conn.execute("DELETE FROM uniques WHERE until <= ?", (now,))
+            if math.isfinite(self.history_retention):
+                conn.execute("DELETE FROM history WHERE ended_at < ?",
+                             (now - self.history_retention,))
             return moved
 
         return self._run(body)
@@ -417,8 +561,9 @@ class SQLiteBackend:
         def body(conn: sqlite3.Connection) -> list[QueueStats]:
             paused = dict(conn.execute("SELECT name, paused FROM queues").fetchall())
             counts: dict[str, dict[State, int]] = {}
-            for queue, state, n in conn.execute(
-                    "SELECT queue, state, count(*) FROM tasks GROUP BY queue, state"):
+            for queue, state, n in conn.execute(  # by state: index searches, not a scan
+                    f"SELECT queue, state, count(*) FROM tasks WHERE state IN ({_STATES}) "
+                    "GROUP BY state, queue"):
                 counts.setdefault(queue, {})[State(state)] = n
             oldest = dict(conn.execute("SELECT queue, min(process_at) FROM tasks "
                                        "WHERE state = 'pending' GROUP BY queue").fetchall())
@@ -511,3 +656,14 @@ def _info(row: Sequence[Any]) -> TaskInfo:
     for name in _REALS:
         values[name] = float(values[name])
     return TaskInfo(**values)
+
+
+_LIVE: weakref.WeakSet[SQLiteBackend] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for backend in list(_LIVE):
+        backend._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
