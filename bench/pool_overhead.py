@@ -42,6 +42,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from _gctimer import GcTimer  # bench/ is the script directory
 from prometheus_client import CollectorRegistry
 
 from poolsim import QueueFull, WorkerPool
@@ -52,20 +53,6 @@ FLOOR_OFF, FLOOR_ON, FLAT_MIB = 1.1, 1.5, 1.0
 
 def noop() -> None:
     pass
-
-
-class GcTimer:
-    """Seconds spent in the garbage collector, summed over collections."""
-
-    def __init__(self) -> None:
-        self.total, self._began = 0.0, 0.0
-        gc.callbacks.append(self._on_gc)
-
-    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._began = time.perf_counter()
-        else:
-            self.total += time.perf_counter() - self._began
 
 
 def timed(submit: Callable[[], Future[None]], jobs: int, gc_timer: GcTimer) -> tuple[float, float]:

@@ -60,6 +60,7 @@ from typing import Any
 import ciw
 import numpy as np
 import pandas as pd
+from _gctimer import GcTimer  # bench/ is the script directory
 
 from poolsim import PoolConfig
 from poolsim.sim.fast import run_fast
@@ -72,20 +73,6 @@ FLOOR_SIMPY, FLOOR_FAST, AGREE = 3.0, 50.0, 0.01
 CIW_PILOT, CIW_FEWER, CIW_BUDGET_S = 10_000, 50_000, 180.0
 SWEEP_WORKERS = range(2, 22)
 SWEEP_QUEUES: list[int | None] = [0, 10, 100, 1000, None]
-
-
-class GcTimer:
-    """Seconds spent in the garbage collector, summed over collections."""
-
-    def __init__(self) -> None:
-        self.total, self._began = 0.0, 0.0
-        gc.callbacks.append(self._on_gc)
-
-    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._began = time.perf_counter()
-        else:
-            self.total += time.perf_counter() - self._began
 
 
 def workload(jobs: int, seed: int) -> tuple[list[float], list[float], list[float]]:

@@ -43,7 +43,6 @@ Floors (the script exits 1 if one fails; it is no test, run it by hand or via
 from __future__ import annotations
 
 import argparse
-import gc
 import math
 import os
 import statistics
@@ -52,6 +51,7 @@ import time
 from typing import Any
 
 import numpy as np
+from _gctimer import GcTimer  # bench/ is the script directory
 
 from poolsim import PoolConfig, ServiceTime, poisson
 from poolsim.widgets import Dashboard, dashboard
@@ -88,20 +88,6 @@ def info_sequence(dash: Dashboard) -> list[Change]:
             ("backpressure", "caller_runs"), ("backpressure", "reject"),
             ("shutdown", "drain"), ("shutdown_at", options[len(options) // 2][1]),
             ("workers", 12)]
-
-
-class GcTimer:
-    """Seconds spent in the garbage collector, summed over collections."""
-
-    def __init__(self) -> None:
-        self.total, self._began = 0.0, 0.0
-        gc.callbacks.append(self._on_gc)
-
-    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._began = time.perf_counter()
-        else:
-            self.total += time.perf_counter() - self._began
 
 
 class Timer:
