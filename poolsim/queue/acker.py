@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from poolsim.queue.attempts import Attempt
+from poolsim.queue.attempts import Attempt, lease_args
 from poolsim.queue.backends.base import Backend, Outcome
 
 __all__ = ["Acker", "Settled"]
@@ -125,10 +125,12 @@ class Acker:
         if not items:
             return
         pairs = [(item.attempt.info.id, item.outcome) for item in items]
+        _, leases = lease_args([item.attempt for item in items])
         acked: list[bool] | None = None
         for pause in (*_RETRY_PAUSES, None):
             try:
-                acked = self.backend.finish_many(pairs, worker=self.worker, now=self.clock())
+                acked = self.backend.finish_many(pairs, worker=self.worker, now=self.clock(),
+                                                 leases=leases)
                 self.flushes += 1
                 break
             except Exception:

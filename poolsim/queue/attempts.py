@@ -3,7 +3,9 @@
 An attempt is settled exactly once — by its handler, its timeout, a lost lease or a
 graceful shutdown — under one lock, so a late result after a timeout or a hand-back is
 discarded instead of acknowledged twice. The store adds a second guard: it accepts an
-acknowledgement only from the lease holder.
+acknowledgement only under the claim's lease token, and attempts are keyed by that token —
+if a lease lapses and this same server claims the task again, the re-claim is a different
+attempt, and the first one's late outcome finds its token gone.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import dataclasses
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -24,7 +26,7 @@ from poolsim.queue.task import State, TaskInfo
 _log = logging.getLogger("poolsim.queue")
 
 __all__ = ["Attempt", "Attempts", "ExponentialBackoff", "archive", "attempt_deadline",
-           "error_text", "failure"]
+           "error_text", "failure", "lease_args"]
 
 
 class ExponentialBackoff:
@@ -67,6 +69,12 @@ class Attempt:
     decided: str | None = None
     on_cancel: Callable[[], None] | None = None  # cancels a coroutine handler for real
 
+    @property
+    def key(self) -> str:
+        """The claim's lease token (the task id for a store that gave none): an attempt's
+        identity, since the same task may be claimed again while an old attempt lingers."""
+        return self.info.lease or self.info.id
+
     def cancel(self) -> None:
         """Tell the running handler to stop (cooperatively; a coroutine for real)."""
         if self.job is not None:
@@ -85,7 +93,7 @@ class Attempts:
 
     def add(self, attempt: Attempt) -> None:
         with self._lock:
-            self._held[attempt.info.id] = attempt
+            self._held[attempt.key] = attempt
 
     def decide(self, attempt: Attempt, by: str) -> bool:
         """Settle ``attempt`` as ``by``; False if someone settled it first."""
@@ -107,8 +115,8 @@ class Attempts:
     def remove(self, attempt: Attempt) -> None:
         """The lease is settled in the store (or given up): stop renewing it."""
         with self._lock:
-            if self._held.get(attempt.info.id) is attempt:
-                del self._held[attempt.info.id]
+            if self._held.get(attempt.key) is attempt:
+                del self._held[attempt.key]
             if not self._held:
                 self._empty.notify_all()
 
@@ -136,6 +144,16 @@ class Attempts:
 
     def __len__(self) -> int:
         return len(self._held)
+
+
+def lease_args(attempts: Sequence[Attempt]) -> tuple[list[str], list[str] | None]:
+    """The task ids and lease tokens of ``attempts``, for the store's ``ids``/``leases``
+    arguments (tokens None if the store gave any attempt none: then matched by worker)."""
+    ids = [a.info.id for a in attempts]
+    tokens = [a.info.lease for a in attempts]
+    if any(t is None for t in tokens):
+        return ids, None
+    return ids, [t for t in tokens if t is not None]
 
 
 def attempt_deadline(info: TaskInfo, now: float) -> tuple[float | None, bool]:

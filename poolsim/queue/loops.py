@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from poolsim.errors import ConfigError
-from poolsim.queue.attempts import Attempt, Attempts
+from poolsim.queue.attempts import Attempt, Attempts, lease_args
 from poolsim.queue.backends.base import Backend
 from poolsim.queue.task import TaskInfo
 
@@ -35,6 +35,8 @@ class Loop:
     """A background duty: ``tick()`` every ``interval`` seconds on a daemon thread."""
 
     name = "loop"
+    retry_after_error: float | None = None  # seconds until a failed tick is retried (None:
+    # ``interval``)
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
@@ -76,7 +78,7 @@ class Loop:
             try:
                 wait = self.tick()
             except Exception:  # logged at most every 5 s; the next tick retries
-                wait = None
+                wait = self.retry_after_error
                 now = time.monotonic()
                 if now - self._last_error >= 5.0:
                     self._last_error = now
@@ -182,7 +184,10 @@ class LeaseKeeper(Loop):
     """Every ``interval`` (the server's default: ``lease_s / 3``), renew the lease of every
     held attempt. An attempt whose lease is gone (it lapsed and was recovered) is settled
     as ``lost`` and its handler told to stop: its result must not be acknowledged, the
-    task may be running elsewhere."""
+    task may be running elsewhere (or here again, under a new claim: leases are renewed by
+    token, so an old claim of a task this server re-claimed is found lost too). A failed
+    renewal (a locked database) is retried within ``min(1 s, interval / 3)``, not a whole
+    ``interval`` later: the lease must not lapse while the store is briefly unavailable."""
 
     name = "lease-keeper"
 
@@ -195,15 +200,18 @@ class LeaseKeeper(Loop):
         self.worker = worker
         self.lease_s = lease_s
         self.on_lost = on_lost
+        self.retry_after_error = min(1.0, interval / 3)
 
     def tick(self) -> float | None:
         held = self.attempts.held()
         if not held:
             return None
-        kept = set(self.backend.renew([a.info.id for a in held], worker=self.worker,
-                                      until=self.clock() + self.lease_s))
+        ids, leases = lease_args(held)
+        kept = set(self.backend.renew(ids, worker=self.worker,
+                                      until=self.clock() + self.lease_s, leases=leases))
         for attempt in held:
-            if attempt.info.id not in kept and self.attempts.decide(attempt, "lost"):
+            still = attempt.info.id if leases is None else attempt.key
+            if still not in kept and self.attempts.decide(attempt, "lost"):
                 attempt.cancel()
                 self.attempts.remove(attempt)
                 self.on_lost(attempt)

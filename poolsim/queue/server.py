@@ -47,6 +47,7 @@ from poolsim.queue.attempts import (
     archive,
     attempt_deadline,
     failure,
+    lease_args,
 )
 from poolsim.queue.backends.base import Backend, Outcome, open_backend
 from poolsim.queue.loops import (
@@ -145,11 +146,16 @@ class Server:
                              ("ack_interval", ack_interval),
                              ("poll_interval", poll_interval),
                              ("forward_interval", forward_interval),
-                             ("recover_interval", recover_interval or 1.0),
-                             ("renew_interval", renew_interval or 1.0)):
+                             ("recover_interval",
+                              1.0 if recover_interval is None else recover_interval),
+                             ("renew_interval", 1.0 if renew_interval is None else renew_interval)):
             if isinstance(value, bool) or not (isinstance(value, int | float)
                                                and math.isfinite(value) and value > 0):
                 raise ConfigError(field, value, "a finite number of seconds > 0")
+        if renew_interval is not None and renew_interval > lease_s / 2:
+            raise ConfigError("renew_interval", renew_interval,
+                              f"at most lease_s / 2 ({lease_s / 2:g} s): a lease must be "
+                              "renewed at least twice before it lapses")
         self.url = url
         self.concurrency = concurrency
         self.async_concurrency = async_concurrency
@@ -299,13 +305,14 @@ class Server:
                 break
             self._attempts.wait_empty(min(left, _SLICE))
         left_over = self._attempts.decide_all("handed_back")
-        ids = [attempt.info.id for attempt in left_over]
+        ids, leases = lease_args(left_over)
         for attempt in left_over:
             attempt.cancel()  # tell the handler; its late result is discarded
         acker.stop(5.0)  # what finished is acknowledged before anything is handed back
         if ids:
             try:  # the lease is released first: a late ack of these finds it gone
-                n = backend.hand_back(ids, worker=self.worker, now=self.clock())
+                n = backend.hand_back(ids, worker=self.worker, now=self.clock(),
+                                      leases=leases)
                 _log.warning("handed back %d running task(s) at shutdown: %s", n, ids)
             except Exception:  # their leases lapse and the recoverer retries them
                 _log.exception("could not hand back %s; they will be recovered", ids)
@@ -386,8 +393,12 @@ class Server:
     def _refused(self, attempt: Attempt, coroutine: bool) -> None:
         self._release_place(coroutine)
         if self._attempts.decide(attempt, "handed_back"):
-            self._store().hand_back([attempt.info.id], worker=self.worker, now=self.clock())
-            self._attempts.remove(attempt)
+            ids, leases = lease_args([attempt])
+            try:
+                self._store().hand_back(ids, worker=self.worker, now=self.clock(),
+                                        leases=leases)
+            finally:
+                self._attempts.remove(attempt)
 
     def _release_place(self, coroutine: bool = False) -> None:
         with self._lock:
@@ -405,22 +416,53 @@ class Server:
     # -- one attempt, on a pool thread or the event loop ---------------------------
 
     def _process(self, attempt: Attempt) -> None:
-        """A pool thread runs a plain handler."""
+        """A pool thread runs a plain handler. Whatever escapes — a ``BaseException`` that is
+        not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``), an error preparing the
+        call — the attempt is decided (failed: retried or archived per its budget) before
+        the place is freed; a non-``Exception`` is then re-raised (the pool's future carries
+        it: it ends this call only)."""
+        started: float | None = None
         try:
             begun = self._begin(attempt)
             if begun is None:
                 return
             call, started = begun
-            try:
-                result = call()
-                if inspect.isawaitable(result):  # an async handler registered after start()
-                    asyncio.run(_awaited(result))
-            except (Exception, asyncio.CancelledError) as exc:
-                self._ended(attempt, exc, started)
-            else:
-                self._ended(attempt, None, started)
+            result = call()
+            if inspect.isawaitable(result):  # an async handler registered after start()
+                asyncio.run(_awaited(result))
+        except BaseException as exc:
+            self._escaped(attempt, exc, started)
+            if not isinstance(exc, Exception | asyncio.CancelledError):
+                raise
+        else:
+            self._escaped(attempt, None, started)
         finally:
-            self._release_place()
+            try:
+                self._undecided(attempt, started)
+            finally:
+                self._release_place()
+
+    def _escaped(self, attempt: Attempt, error: BaseException | None,
+                 started: float | None) -> None:
+        """The handler's outcome, decided; an error deciding it is logged (the ``finally``
+        of the caller then settles the attempt as failed)."""
+        try:
+            self._ended(attempt, error, started)
+        except Exception:
+            _log.exception("could not settle task %s", attempt.info.id)
+
+    def _undecided(self, attempt: Attempt, started: float | None) -> None:
+        """Last resort: an attempt still undecided when its handler call ends is failed
+        (retried or archived per its budget), never left active until shutdown."""
+        if attempt.decided is not None:
+            return
+        error = QueueError(f"task {attempt.info.id}: the attempt ended without an outcome")
+        try:
+            outcome = self._failure(attempt.info, error, status="retried")
+        except Exception:
+            outcome = Outcome(state=State.RETRY, status="retried", retry_at=self.clock() + 1.0,
+                              error=f"QueueError: {error}")
+        self._decided(attempt, outcome, error, started)
 
     async def _submit_coroutine(self, attempt: Attempt) -> None:
         """On the event loop: queue the attempt on the coroutine pool. Its place is freed
@@ -459,16 +501,23 @@ class Server:
     async def _process_coroutine(self, attempt: Attempt) -> None:
         """The coroutine pool runs a coroutine handler; a timeout, lost lease or hand-back
         cancels it (``CancelledError`` inside the handler)."""
-        begun = self._begin(attempt)
-        if begun is None:
-            return
-        call, started = begun
+        started: float | None = None
         try:
+            begun = self._begin(attempt)
+            if begun is None:
+                return
+            call, started = begun
             await call()
         except (Exception, asyncio.CancelledError) as exc:  # cancelled: already decided
-            self._ended(attempt, exc, started)
+            self._escaped(attempt, exc, started)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: settled, and not
+            # re-raised — it would stop the event loop every coroutine handler shares
+            _log.error("task %s: handler raised %r; the attempt failed", attempt.info.id, exc)
+            self._escaped(attempt, exc, started)
         else:
-            self._ended(attempt, None, started)
+            self._escaped(attempt, None, started)
+        finally:
+            self._undecided(attempt, started)
 
     def _begin(self, attempt: Attempt) -> tuple[Callable[[], Any], float] | None:
         """Start an attempt: the handler call to make and its start time, or None when the
@@ -501,10 +550,11 @@ class Server:
                 f"{sorted(self._handlers)}")), error
         try:
             return functools.partial(fn, info.task())
-        except PayloadError as exc:
+        except (PayloadError, ConfigError) as exc:  # a corrupt stored task: retrying cannot help
             return archive("failed", exc), exc
 
-    def _ended(self, attempt: Attempt, error: BaseException | None, started: float) -> None:
+    def _ended(self, attempt: Attempt, error: BaseException | None,
+               started: float | None) -> None:
         """The handler returned (``error`` None) or raised: decide and settle the attempt."""
         info = attempt.info
         if error is None:
@@ -566,8 +616,11 @@ class Server:
             if acked is not None and acked[n]:
                 self._count(item.outcome.status, info, item.started)
             elif acked is not None:
-                _log.warning("task %s: the lease was gone at acknowledgement; the task was "
-                             "recovered and may run again", info.id)
+                with self._lock:
+                    self._leases_lost += 1
+                _log.warning("task %s: the lease was gone at acknowledgement (this claim "
+                             "lapsed and was recovered); its outcome was dropped and the "
+                             "task may run again", info.id)
             self._attempts.remove(item.attempt)
 
     def _count(self, status: str, info: TaskInfo, started: float | None) -> None:

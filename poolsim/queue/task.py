@@ -120,6 +120,7 @@ class TaskInfo:
     worker: str | None = None
     completed_at: float | None = None
     started_at: float | None = None  # when the current (or last) attempt was claimed
+    lease: str | None = None  # the current claim's token: fresh per claim, None unless active
 
     @property
     def attempt(self) -> int:

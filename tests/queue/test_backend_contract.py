@@ -153,6 +153,66 @@ def test_only_the_holder_renews_and_finishes(backend: Backend) -> None:
     assert backend.renew([a], worker=W1, until=T0 + 99) == []
 
 
+def test_every_claim_gets_a_fresh_lease_token(backend: Backend) -> None:
+    ids = [enqueue(backend) for _ in range(3)]
+    infos = backend.claim(["default"], worker=W1, now=T0, lease_s=30, limit=3)
+    tokens = [info.lease for info in infos]
+    assert [info.id for info in infos] == ids
+    assert all(isinstance(t, str) and t for t in tokens) and len(set(tokens)) == 3
+    assert [backend.get(i).lease for i in ids] == tokens  # what the store holds
+    assert backend.get(ids[0]).lease == tokens[0]
+    assert backend.finish(ids[0], worker=W1, now=T0 + 1, outcome=FAIL, lease=tokens[0])
+    assert backend.get(ids[0]).lease is None  # no lease outside active
+    backend.forward(now=T0 + 30)
+    [again] = backend.claim(["default"], worker=W1, now=T0 + 31, lease_s=30, limit=1)
+    assert again.id == ids[0] and again.lease not in tokens  # a re-claim: a new token
+
+
+def test_a_stale_claim_cannot_touch_the_same_workers_re_claim(backend: Backend) -> None:
+    """The lease lapses while its worker lives; the task is recovered and the SAME worker
+    claims it again: the first claim's token renews, finishes and hands back nothing."""
+    task = enqueue(backend, max_retry=3)
+    [first] = backend.claim(["default"], worker=W1, now=T0, lease_s=30, limit=1)
+    assert backend.recover(now=T0 + 31) == 1
+    backend.forward(now=T0 + 40)
+    [second] = backend.claim(["default"], worker=W1, now=T0 + 40, lease_s=30, limit=1)
+    assert second.id == first.id == task and first.lease and second.lease
+    assert first.lease != second.lease
+    old, new = first.lease, second.lease
+    assert backend.renew([task, task], worker=W1, until=T0 + 99, leases=[old, new]) == [new]
+    assert backend.get(task).lease_until == T0 + 99
+    assert backend.finish(task, worker=W1, now=T0 + 41, outcome=FAIL, lease=old) is False
+    assert backend.finish_many([(task, DONE)], worker=W1, now=T0 + 41,
+                               leases=[old]) == [False]
+    assert backend.hand_back([task], worker=W1, now=T0 + 41, leases=[old]) == 0
+    assert backend.get(task).state == State.ACTIVE and backend.get(task).lease == new
+    assert [r.status for r in backend.history()] == ["retried"]  # the recovery only
+    assert backend.finish_many([(task, DONE)], worker=W1, now=T0 + 42, leases=[new]) == [True]
+    rows = backend.history()
+    assert [(r.status, r.attempt, r.worker) for r in rows] == [("retried", 1, W1),
+                                                              ("completed", 2, W1)]
+
+
+def test_hand_back_by_token_returns_only_that_claim(backend: Backend) -> None:
+    [a, b] = [enqueue(backend), enqueue(backend)]
+    infos = backend.claim(["default"], worker=W1, now=T0, lease_s=30, limit=2)
+    tokens = {i.id: i.lease for i in infos}
+    assert backend.hand_back([a], worker=W1, now=T0 + 1, leases=[str(tokens[a])]) == 1
+    assert tasks_in(backend, State.PENDING) == [a]
+    assert tasks_in(backend, State.ACTIVE) == [b]
+    assert [(r.task_id, r.status, r.worker) for r in backend.history()] == [
+        (a, "returned", W1)]
+
+
+def test_lease_tokens_must_match_the_ids(backend: Backend) -> None:
+    task = enqueue(backend)
+    claim(backend)
+    with pytest.raises(ConfigError):
+        backend.renew([task], worker=W1, until=T0 + 60, leases=[])
+    with pytest.raises(ConfigError):
+        backend.finish_many([(task, DONE)], worker=W1, now=T0, leases=["a", "b"])
+
+
 def test_recover_takes_only_lapsed_leases(backend: Backend) -> None:
     [short, long_] = [enqueue(backend), enqueue(backend)]
     claim(backend, limit=1, lease_s=10)

@@ -144,7 +144,7 @@ def test_sigkilled_workers_lose_nothing(tmp_path: Path) -> None:
     for process in workers:  # all four up before the load arrives
         assert process.stdout is not None and process.stdout.readline().strip() == b"ready"
     with Client(url) as client:
-        ids = {client.enqueue(Task("work", {"n": n, "s": rng.uniform(0.002, 0.010)}),
+        ids = {client.enqueue(Task("work", {"n": n, "s": rng.uniform(0.01, 0.03)}),
                               retention=3600).id: n for n in range(total)}
     kills = 0
     try:

@@ -395,6 +395,51 @@ def test_a_lost_lease_tells_the_handler_to_stop_and_its_result_is_not_acknowledg
     assert server.statistics().leases_lost == 1
 
 
+def test_a_stale_attempt_never_acknowledges_the_same_servers_re_claim(
+        servers: Servers, client: Client, store: Backend, clock: Clock) -> None:
+    """One server on one file: its lease lapses while its handler lives (renewals too
+    slow), its own recoverer recovers the task and its own fetcher claims it again. The
+    first attempt's late outcome must not be acknowledged against the new claim."""
+    entered = {1: threading.Event(), 2: threading.Event()}
+    release = {1: threading.Event(), 2: threading.Event()}
+    # The lease keeper ticks at start and then only every 15 s (real time): in this test
+    # it never renews after the clock moves, as if the process were paused.
+    server = servers(lease_s=30, renew_interval=15)
+
+    @server.handler("t")
+    def handler(task: Task) -> None:
+        attempt = current_job().attempt
+        entered[attempt].set()
+        release[attempt].wait(10)
+        if attempt == 1:
+            raise RuntimeError("the first attempt's late outcome")
+
+    task_id = client.enqueue(Task("t"), max_retry=3).id
+    server.start()
+    try:
+        assert entered[1].wait(10)
+        clock.advance(31)  # the lease lapses; the server's recoverer takes the task back
+        wait_until(lambda: get(store, task_id).state == State.RETRY)
+        clock.advance(2)  # past recover_backoff(0): forwarded, and claimed by this server
+        assert entered[2].wait(10)
+        release[1].set()  # the stale attempt ends while the new claim runs
+        wait_until(lambda: server.statistics().leases_lost == 1)
+        wait_until(lambda: server.statistics().acks_waiting == 0)
+        info = get(store, task_id)
+        assert (info.state, info.retried) == (State.ACTIVE, 1)  # still the second claim's
+        assert [r.status for r in history(store, task_id)] == ["retried"]  # the recovery
+        release[2].set()
+        wait_until(ended(store, 2))
+    finally:
+        release[1].set()
+        release[2].set()
+    rows = history(store, task_id)
+    assert [(r.status, r.attempt) for r in rows] == [("retried", 1), ("completed", 2)]
+    assert not any("late outcome" in (r.error or "") for r in rows)  # never written
+    stats = server.statistics()
+    assert stats.leases_lost == 1 and stats.counts == {"completed": 1}
+
+
 # -- batched acknowledgements -------------------------------------------------------------
 
 
@@ -767,6 +812,110 @@ def test_run_returns_after_sigterm_and_restores_the_handlers(
     assert [r.status for r in history(store)] == ["completed"]
 
 
+# -- whatever escapes a handler, the attempt is decided ------------------------------------
+
+
+@pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt()])
+def test_a_handler_raising_a_base_exception_is_failed_and_frees_its_place(
+        servers: Servers, client: Client, store: Backend, error: BaseException) -> None:
+    seen: list[BaseException] = []
+    server = servers(concurrency=1, error_handler=lambda info, exc: seen.append(exc))
+
+    def bad(task: Task) -> None:
+        raise error
+
+    server.handler("bad")(bad)
+    server.handler("good")(lambda task: None)
+    retried = client.enqueue(Task("bad"), max_retry=1).id
+    archived = client.enqueue(Task("bad"), max_retry=0).id
+    server.start()
+    wait_until(ended(store, 2))
+    info = get(store, retried)
+    assert (info.state, info.retried) == (State.RETRY, 1)
+    assert info.last_error is not None and info.last_error.startswith(type(error).__name__)
+    assert get(store, archived).state == State.ARCHIVED
+    assert [type(e) for e in seen] == [type(error)] * 2
+    good = client.enqueue(Task("good")).id  # the only place was freed: it still runs
+    wait_until(ended(store, 3))
+    assert [r.status for r in history(store, good)] == ["completed"]
+    assert server.statistics().active == 0 and store.list_tasks(state=State.ACTIVE) == []
+
+
+def test_a_coroutine_handler_raising_a_base_exception_is_failed(
+        servers: Servers, client: Client, store: Backend) -> None:
+    server = servers()
+
+    async def bad(task: Task) -> None:
+        raise SystemExit(1)
+
+    server.handler("bad")(bad)
+    server.handler("good")(_async_noop)
+    task_id = client.enqueue(Task("bad"), max_retry=0).id
+    server.start()
+    wait_until(ended(store, 1))
+    info = get(store, task_id)
+    assert info.state == State.ARCHIVED and (info.last_error or "").startswith("SystemExit")
+    good = client.enqueue(Task("good")).id  # the event loop still runs coroutines
+    wait_until(ended(store, 2))
+    assert [r.status for r in history(store, good)] == ["completed"]
+
+
+async def _async_noop(task: Task) -> None:
+    return None
+
+
+@pytest.mark.parametrize(("raised", "state", "retried"), [
+    (RuntimeError("decoder bug"), State.RETRY, 1),  # unexpected: failed, per its budget
+    (ConfigError("type", "", "a non-empty task type string"), State.ARCHIVED, 1),  # corrupt
+])
+def test_a_stored_task_that_cannot_be_made_is_decided_not_left_active(
+        servers: Servers, client: Client, store: Backend, monkeypatch: pytest.MonkeyPatch,
+        raised: Exception, state: State, retried: int) -> None:
+    def task(self: TaskInfo) -> Task:
+        raise raised
+
+    server = servers()
+    server.handler("t")(lambda task: None)
+    task_id = client.enqueue(Task("t"), max_retry=3).id
+    monkeypatch.setattr(TaskInfo, "task", task)
+    server.start()
+    wait_until(ended(store, 1))
+    info = get(store, task_id)
+    assert (info.state, info.retried) == (state, retried)
+    assert (info.last_error or "").startswith(type(raised).__name__)
+    assert server.statistics().active == 0
+
+
+def test_a_failed_renewal_is_retried_soon_not_a_whole_interval_later(url: str) -> None:
+    from poolsim.queue.attempts import Attempt, Attempts
+    from poolsim.queue.loops import LeaseKeeper
+
+    calls: list[float] = []
+
+    class Flaky:
+        def renew(self, ids: list[str], **kwargs: Any) -> list[str]:
+            calls.append(time.monotonic())
+            if len(calls) == 1:
+                raise sqlite3.OperationalError("database is locked")
+            return list(kwargs["leases"] or ids)
+
+    attempts = Attempts()
+    attempts.add(Attempt(TaskInfo(id="a", type="t", payload="{}", queue="q",
+                                  state=State.ACTIVE, max_retry=1, lease="tok")))
+    keeper = LeaseKeeper(Flaky(), lambda: T0, attempts, worker="w",  # type: ignore[arg-type]
+                         lease_s=60.0, interval=20.0, on_lost=lambda a: None)
+    assert keeper.retry_after_error == 1.0  # min(1 s, interval / 3)
+    keeper.start()
+    try:
+        wait_until(lambda: len(calls) >= 2, timeout=5)  # not 20 s later
+    finally:
+        keeper.stop(1)
+    assert calls[1] - calls[0] < 2.0
+    assert LeaseKeeper(Flaky(), lambda: T0, attempts, worker="w",  # type: ignore[arg-type]
+                       lease_s=0.3, interval=0.15, on_lost=lambda a: None
+                       ).retry_after_error == pytest.approx(0.05)
+
+
 # -- configuration and observability --------------------------------------------------------
 
 
@@ -783,6 +932,10 @@ def test_run_returns_after_sigterm_and_restores_the_handlers(
     ({"ack_batch": 0}, "ack_batch"),
     ({"ack_interval": 0}, "ack_interval"),
     ({"prefetch": -1}, "prefetch"),
+    ({"lease_s": 30, "renew_interval": 16}, "renew_interval"),
+    ({"lease_s": 1, "renew_interval": 0.6}, "renew_interval"),
+    ({"renew_interval": 0}, "renew_interval"),
+    ({"recover_interval": -1}, "recover_interval"),
 ])
 def test_bad_options_are_refused_up_front(url: str, options: dict[str, Any],
                                           field: str) -> None:

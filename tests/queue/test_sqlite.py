@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from poolsim.errors import BackendUnavailable, ConfigError
+from poolsim.queue.backends.base import Outcome
 from poolsim.queue.backends.sqlite import SQLiteBackend, parse_url
 from poolsim.queue.client import Client
 from poolsim.queue.task import State, Task
@@ -419,3 +420,21 @@ def test_history_retention_is_an_option(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         SQLiteBackend(f"sqlite:///{tmp_path}/d.db", history_retention=0)
     assert caught.value.field == "history_retention"
+
+
+def test_a_file_made_before_lease_tokens_gains_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = SQLiteBackend(f"sqlite:///{path}")
+    db.enqueue(make_task(id="old"), now=T0)
+    db.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # as an older poolsim made it
+        conn.execute("ALTER TABLE tasks DROP COLUMN lease")
+        conn.commit()
+    db = SQLiteBackend(f"sqlite:///{path}")
+    try:
+        [info] = db.claim(["default"], worker="w", now=T0, lease_s=30, limit=1)
+        assert info.id == "old" and info.lease
+        assert db.finish("old", worker="w", now=T0 + 1, lease=info.lease,
+                         outcome=Outcome(state=State.COMPLETED, status="completed"))
+    finally:
+        db.close()

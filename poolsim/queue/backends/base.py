@@ -4,8 +4,16 @@ Each method is one atomic state change (one transaction in SQLite, one Lua
 script in Redis), so a crash between two calls loses nothing: a task is
 always in exactly one state. Times are epoch seconds from the caller's
 clock, passed in, so tests move time instead of sleeping. ``worker`` names
-the lease holder (``host:pid:uuid``): a call about an active task succeeds
-only while that worker still holds its lease.
+the lease holder (``host:pid:uuid``), kept for history and inspection.
+
+Lease tokens. Every claim gives the task a fresh, unique token (``TaskInfo.lease``; SQLite:
+the ``lease`` column, Redis: a field of the task's hash, set in the claim script). A call
+about an active task — :meth:`Backend.renew`, :meth:`Backend.finish`,
+:meth:`Backend.finish_many`, :meth:`Backend.hand_back` — given ``lease``/``leases``
+succeeds only while *that claim* still holds the task, i.e. matches on (id, token), never on
+(id, worker): if a lease lapses while its worker lives and the same worker claims the task
+again, the first attempt's late acknowledgement finds its token gone and changes nothing.
+Without tokens (tests, tools) those calls match on (id, ``worker``).
 """
 
 from __future__ import annotations
@@ -100,17 +108,24 @@ class Backend(Protocol):
         """Lease up to ``limit`` pending tasks, taking from ``queues`` in the order given
         (the server orders them by weight or priority), skipping paused queues, oldest
         first within a queue: each becomes ``active`` under ``worker`` until
-        ``now + lease_s``. One atomic step: two workers never get the same task."""
+        ``now + lease_s``, with a fresh lease token (``TaskInfo.lease``, unique per claim,
+        never reused). One atomic step: two workers never get the same task."""
         ...
 
-    def renew(self, ids: Sequence[str], *, worker: str, until: float) -> list[str]:
-        """Extend ``worker``'s leases to ``until``; returns the ids it still holds."""
+    def renew(self, ids: Sequence[str], *, worker: str, until: float,
+              leases: Sequence[str] | None = None) -> list[str]:
+        """Extend leases to ``until``. With ``leases`` (one claim token per id; the same id
+        may appear twice, under an old and a new claim) the claims matched on (id, token),
+        returning the tokens still held; without, ``worker``'s leases of ``ids``, returning
+        the ids it still holds."""
         ...
 
-    def finish(self, task_id: str, *, worker: str, now: float, outcome: Outcome) -> bool:
+    def finish(self, task_id: str, *, worker: str, now: float, outcome: Outcome,
+               lease: str | None = None) -> bool:
         """Acknowledge an attempt, atomically with its history row: the task leaves
-        ``active`` for ``outcome.state``. False (and nothing changes) if ``worker`` no longer
-        holds the lease — the task was recovered and may be running elsewhere. ``RETRY`` and
+        ``active`` for ``outcome.state``. False (and nothing changes) if the claim ``lease``
+        no longer holds the task (without a token: if ``worker`` does not) — the task was
+        recovered and may be running elsewhere, or again here under a new claim. ``RETRY`` and
         ``ARCHIVED`` count the attempt (``retried += 1``); a ``RETRY`` beyond ``max_retry``
         archives instead. ``COMPLETED`` with ``retention`` 0 deletes the task at once (its
         history row remains). A lease that lapsed but was not yet recovered still counts
@@ -118,22 +133,26 @@ class Backend(Protocol):
         ...
 
     def finish_many(self, outcomes: Sequence[tuple[str, Outcome]], *, worker: str,
-                    now: float) -> list[bool]:
+                    now: float, leases: Sequence[str] | None = None) -> list[bool]:
         """:meth:`finish` for several ``(task_id, outcome)`` in one atomic step (a batched
-        acknowledgement: one commit instead of one per task); one bool per pair, in order."""
+        acknowledgement: one commit instead of one per task), ``leases`` giving each pair's
+        claim token; one bool per pair, in order."""
         ...
 
-    def hand_back(self, ids: Sequence[str], *, worker: str, now: float) -> int:
-        """Return ``worker``'s active tasks to ``pending`` without counting an attempt (a
-        graceful shutdown hands back what it could not finish); returns how many. Each
-        leaves a history row with status ``returned``."""
+    def hand_back(self, ids: Sequence[str], *, worker: str, now: float,
+                  leases: Sequence[str] | None = None) -> int:
+        """Return active tasks to ``pending`` without counting an attempt (a graceful
+        shutdown hands back what it could not finish): the claims ``leases`` (one token per
+        id), or without tokens ``worker``'s; returns how many. Each leaves a history row
+        with status ``returned``."""
         ...
 
     def recover(self, *, now: float) -> int:
         """Tasks whose lease lapsed before ``now`` (their worker died) go to ``retry`` with
         the attempt counted (due at ``now + recover_backoff(retried)``, ``last_error``
         "lease lapsed: worker ... presumed dead"), or to ``archived`` when out of retries.
-        Only lapsed leases: a live worker's task is never taken. Returns how many."""
+        Only lapsed leases: a live worker's task is never taken. The token is cleared, so the
+        lapsed claim can no longer renew, finish or hand back the task. Returns how many."""
         ...
 
     def forward(self, *, now: float) -> int:

@@ -98,7 +98,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     last_error TEXT, last_failed_at REAL,
     lease_until REAL, worker TEXT,      -- the lease: who runs it, until when
     completed_at REAL, started_at REAL,
-    expire_at REAL                      -- completed tasks are deleted after this
+    expire_at REAL,                     -- completed tasks are deleted after this
+    lease TEXT                          -- the claim's token: a fresh one per claim
 ) STRICT;
 -- Partial indexes: a task is in an index only while a loop looks for it there, so a
 -- state change touches few index pages (each dirty page is written to the WAL).
@@ -130,7 +131,8 @@ CREATE INDEX IF NOT EXISTS history_ended ON history (ended_at, queue);
 """
 
 _CLAIM = f"""
-UPDATE tasks SET state = 'active', worker = ?, lease_until = ?, started_at = ?
+UPDATE tasks SET state = 'active', worker = ?, lease_until = ?, started_at = ?,
+                 lease = lower(hex(randomblob(16)))  -- evaluated per row: one token per claim
 WHERE seq IN (SELECT seq FROM tasks INDEXED BY tasks_claim
               WHERE queue = ? AND state = 'pending' ORDER BY process_at, seq LIMIT ?)
 RETURNING seq, {_COLS}"""
@@ -138,11 +140,15 @@ _INSERT = f"INSERT INTO tasks ({_COLS}) VALUES ({', '.join('?' * len(_FIELDS))})
 _HISTORY = """INSERT INTO history (task_id, type, queue, enqueued_at, started_at, ended_at,
                                    status, worker, attempt, error)
               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
-_HELD = "WHERE id = ? AND state = 'active' AND worker = ?"
-_RECORD = f"""INSERT INTO history (task_id, type, queue, enqueued_at, started_at, ended_at,
-                                    status, worker, attempt, error)
-              SELECT id, type, queue, process_at, started_at, ?, ?, worker, retried + 1, ?
-              FROM tasks {_HELD}"""  # the attempt's history row, if the worker holds it
+# An attempt's lease: matched on (id, lease token) — a re-claim of the same task, even by the
+# same worker, has a new token, so a stale attempt never acknowledges it. Callers without a
+# token (tests, tools) match on (id, worker).
+_HELD_BY_LEASE = "WHERE id = ? AND state = 'active' AND lease = ?"
+_HELD_BY_WORKER = "WHERE id = ? AND state = 'active' AND worker = ?"
+_RECORD = """INSERT INTO history (task_id, type, queue, enqueued_at, started_at, ended_at,
+                                   status, worker, attempt, error)
+             SELECT id, type, queue, process_at, started_at, ?, ?, worker, retried + 1, ?
+             FROM tasks """  # + the held clause: the attempt's history row, if it is held
 _ENDING = """SELECT seq, id, type, queue, process_at, started_at, retried, max_retry,
                     retention, worker, lease_until FROM tasks"""
 
@@ -372,6 +378,9 @@ class SQLiteBackend:
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+        if "lease" not in columns:  # a file made before claims had tokens
+            conn.execute("ALTER TABLE tasks ADD COLUMN lease TEXT")
         for suffix in ("-wal", "-shm"):  # SQLite gives them the file's mode; make sure
             companion = self.path.with_name(self.path.name + suffix)
             try:
@@ -400,7 +409,7 @@ class SQLiteBackend:
         stored = dataclasses.replace(task, state=state, process_at=process_at,
                                      created_at=task.created_at or now,
                                      lease_until=None, worker=None, completed_at=None,
-                                     started_at=None)
+                                     started_at=None, lease=None)
 
         def body(conn: sqlite3.Connection) -> None:
             if stored.unique_key is not None:
@@ -441,70 +450,97 @@ class SQLiteBackend:
 
         return [_info(row[1:]) for row in self._run(body)]
 
-    def renew(self, ids: Sequence[str], *, worker: str, until: float) -> list[str]:
-        """Extend ``worker``'s leases (even lapsed ones nobody has recovered yet)."""
+    def renew(self, ids: Sequence[str], *, worker: str, until: float,
+              leases: Sequence[str] | None = None) -> list[str]:
+        """Extend leases (even lapsed ones nobody has recovered yet): with ``leases`` (one
+        token per id) those claims, returning the tokens still held; else ``worker``'s
+        leases of ``ids``, returning the ids."""
         if not ids:
             return []
         marks = ", ".join("?" * len(ids))
+        if leases is not None:
+            tokens = _tokens(ids, leases)
+            return self._run(lambda conn: [r[0] for r in conn.execute(
+                f"UPDATE tasks SET lease_until = ? WHERE state = 'active' AND id IN ({marks}) "
+                f"AND lease IN ({marks}) RETURNING lease", (until, *ids, *tokens))])
         return self._run(lambda conn: [r[0] for r in conn.execute(
             f"UPDATE tasks SET lease_until = ? WHERE state = 'active' AND worker = ? "
             f"AND id IN ({marks}) RETURNING id", (until, worker, *ids))])
 
-    def finish(self, task_id: str, *, worker: str, now: float, outcome: Outcome) -> bool:
-        """Acknowledge one attempt and write its history row; False if ``worker`` lost it.
+    def finish(self, task_id: str, *, worker: str, now: float, outcome: Outcome,
+               lease: str | None = None) -> bool:
+        """Acknowledge one attempt and write its history row; False if the claim ``lease``
+        (or, without a token, ``worker``) no longer holds the task.
 
         ``RETRY`` counts the attempt and archives the task instead once ``retried``
         exceeds ``max_retry``; ``ARCHIVED`` counts it too. ``COMPLETED`` with no
         retention deletes the task (its history row remains)."""
-        return self.finish_many([(task_id, outcome)], worker=worker, now=now)[0]
+        return self.finish_many([(task_id, outcome)], worker=worker, now=now,
+                                leases=None if lease is None else [lease])[0]
 
     def finish_many(self, outcomes: Sequence[tuple[str, Outcome]], *, worker: str,
-                    now: float) -> list[bool]:
-        """:meth:`finish` for several tasks in one transaction (a batched acknowledgement)."""
+                    now: float, leases: Sequence[str] | None = None) -> list[bool]:
+        """:meth:`finish` for several tasks in one transaction (a batched acknowledgement);
+        ``leases``: one claim token per pair."""
+        tokens: Sequence[str | None] = (
+            [None] * len(outcomes) if leases is None
+            else _tokens([task_id for task_id, _ in outcomes], leases))
+
         def body(conn: sqlite3.Connection) -> list[bool]:
-            return [self._finish(conn, task_id, worker, now, outcome)
-                    for task_id, outcome in outcomes]
+            return [self._finish(conn, task_id, worker, token, now, outcome)
+                    for (task_id, outcome), token in zip(outcomes, tokens, strict=True)]
 
         return self._run(body) if outcomes else []
 
     @staticmethod
-    def _finish(conn: sqlite3.Connection, task_id: str, worker: str, now: float,
-                outcome: Outcome) -> bool:
-        held = (task_id, worker)
-        if not conn.execute(_RECORD, (now, outcome.status, outcome.error, *held)).rowcount:
-            return False  # not (or no longer) this worker's: nothing changes
+    def _finish(conn: sqlite3.Connection, task_id: str, worker: str, lease: str | None,
+                now: float, outcome: Outcome) -> bool:
+        if lease is None:
+            where, held = _HELD_BY_WORKER, (task_id, worker)
+        else:
+            where, held = _HELD_BY_LEASE, (task_id, lease)
+        if not conn.execute(_RECORD + where, (now, outcome.status, outcome.error,
+                                              *held)).rowcount:
+            return False  # not (or no longer) this claim's: nothing changes
         if outcome.state == State.COMPLETED:
-            if not conn.execute(f"DELETE FROM tasks {_HELD} AND retention <= 0",
+            if not conn.execute(f"DELETE FROM tasks {where} AND retention <= 0",
                                 held).rowcount:
                 conn.execute("UPDATE tasks SET state = 'completed', completed_at = ?, "
-                             "expire_at = ? + retention, lease_until = NULL, worker = NULL "
-                             f"{_HELD}", (now, now, *held))
+                             "expire_at = ? + retention, lease_until = NULL, worker = NULL, "
+                             f"lease = NULL {where}", (now, now, *held))
         else:
             retry = "? = 'retry' AND retried < max_retry"
             conn.execute(
                 f"UPDATE tasks SET state = CASE WHEN {retry} THEN 'retry' ELSE 'archived' END, "
                 f"process_at = CASE WHEN {retry} THEN ? ELSE process_at END, "
                 "retried = retried + 1, last_error = ?, last_failed_at = ?, "
-                f"lease_until = NULL, worker = NULL {_HELD}",
+                f"lease_until = NULL, worker = NULL, lease = NULL {where}",
                 (outcome.state.value, outcome.state.value,
                  outcome.retry_at if outcome.retry_at is not None else now, outcome.error, now,
                  *held))
         return True
 
-    def hand_back(self, ids: Sequence[str], *, worker: str, now: float) -> int:
-        """Return ``worker``'s active tasks to pending, attempt not counted (history:
-        ``returned``); they keep their place at the front of the queue."""
+    def hand_back(self, ids: Sequence[str], *, worker: str, now: float,
+                  leases: Sequence[str] | None = None) -> int:
+        """Return active tasks to pending, attempt not counted (history: ``returned``): the
+        claims ``leases`` (one token per id), or without tokens ``worker``'s; they keep
+        their place at the front of the queue."""
         if not ids:
             return 0
         marks = ", ".join("?" * len(ids))
+        if leases is not None:
+            held, args = f"lease IN ({marks})", (*_tokens(ids, leases),)
+        else:
+            held, args = "worker = ?", (worker,)
 
         def body(conn: sqlite3.Connection) -> int:
-            rows = conn.execute(f"{_ENDING} WHERE state = 'active' AND worker = ? "
-                                f"AND id IN ({marks})", (worker, *ids)).fetchall()
+            rows = conn.execute(f"{_ENDING} WHERE state = 'active' AND {held} "
+                                f"AND id IN ({marks})", (*args, *ids)).fetchall()
             conn.executemany("UPDATE tasks SET state = 'pending', lease_until = NULL, "
-                             "worker = NULL WHERE seq = ?", [(r[0],) for r in rows])
+                             "worker = NULL, lease = NULL WHERE seq = ?",
+                             [(r[0],) for r in rows])
             conn.executemany(_HISTORY, [(r[1], r[2], r[3], r[4], r[5], now, "returned",
-                                         worker, r[6] + 1, None) for r in rows])
+                                         r[9], r[6] + 1, None) for r in rows])
             return len(rows)
 
         return self._run(body)
@@ -525,8 +561,8 @@ class SQLiteBackend:
                 retry = retried + 1 <= max_retry
                 conn.execute(
                     "UPDATE tasks SET state = ?, retried = retried + 1, process_at = ?, "
-                    "last_error = ?, last_failed_at = ?, lease_until = NULL, worker = NULL "
-                    "WHERE seq = ?",
+                    "last_error = ?, last_failed_at = ?, lease_until = NULL, worker = NULL, "
+                    "lease = NULL WHERE seq = ?",
                     ("retry" if retry else "archived",
                      now + recover_backoff(retried) if retry else ready, error, now, seq))
                 conn.execute(_HISTORY, (task_id, type_, queue, ready, started, now,
@@ -620,11 +656,11 @@ class SQLiteBackend:
                 return None
             if action == "requeue":
                 conn.execute("UPDATE tasks SET state = 'pending', retried = 0, process_at = ?, "
-                             "lease_until = NULL, worker = NULL, completed_at = NULL, "
-                             "expire_at = NULL WHERE seq = ?", (now, seq))
+                             "lease_until = NULL, worker = NULL, lease = NULL, "
+                             "completed_at = NULL, expire_at = NULL WHERE seq = ?", (now, seq))
             else:
                 conn.execute("UPDATE tasks SET state = 'archived', lease_until = NULL, "
-                             "worker = NULL, expire_at = NULL WHERE seq = ?", (seq,))
+                             "worker = NULL, lease = NULL, expire_at = NULL WHERE seq = ?", (seq,))
             return _info(conn.execute(f"SELECT {_COLS} FROM tasks WHERE seq = ?",
                                       (seq,)).fetchone())
 
@@ -645,6 +681,13 @@ class SQLiteBackend:
         return [HistoryRow(task_id=r[0], type=r[1], queue=r[2], enqueued_at=r[3],
                            started_at=r[4], ended_at=r[5], status=r[6], worker=r[7],
                            attempt=r[8], error=r[9]) for r in rows]
+
+
+def _tokens(ids: Sequence[str], leases: Sequence[str]) -> Sequence[str]:
+    """``leases`` checked: one claim token (a string) per id."""
+    if len(leases) != len(ids) or not all(isinstance(t, str) for t in leases):
+        raise ConfigError("leases", leases, f"one lease token (str) per task id ({len(ids)})")
+    return leases
 
 
 _REALS = ("process_at", "retention", "created_at")  # SQLite may hand back 0.0 as 0
