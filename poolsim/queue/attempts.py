@@ -18,15 +18,15 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from poolsim.errors import ConfigError
+from poolsim.errors import ConfigError, JobTimeout
 from poolsim.jobs import JobContext
 from poolsim.queue.backends.base import Outcome
-from poolsim.queue.task import State, TaskInfo
+from poolsim.queue.task import Retry, SkipRetry, State, TaskInfo
 
 _log = logging.getLogger("poolsim.queue")
 
 __all__ = ["Attempt", "Attempts", "ExponentialBackoff", "archive", "attempt_deadline",
-           "error_text", "failure", "lease_args"]
+           "error_text", "failure", "handler_outcome", "lease_args", "timeout_outcome"]
 
 
 class ExponentialBackoff:
@@ -188,3 +188,34 @@ def failure(info: TaskInfo, error: BaseException, *, status: str, now: float,
             delay = 1.0
     return Outcome(state=State.RETRY, status=status, error=text or error_text(error),
                    retry_at=now + max(delay, 0.0))
+
+
+def handler_outcome(info: TaskInfo, error: BaseException | None, *, clock: Callable[[], float],
+                    retry_delay: Callable[[int], float]) -> Outcome:
+    """The outcome of a handler that returned (``error`` None: completed) or raised:
+    :class:`SkipRetry` archives at once, :class:`Retry` retries after its ``delay``, any
+    other error retries after the back-off — while the budget lasts (see :func:`failure`)."""
+    if error is None:
+        return Outcome(state=State.COMPLETED, status="completed")
+    if isinstance(error, SkipRetry):
+        return archive("failed", error)
+    delay = error.delay if isinstance(error, Retry) else None
+    return failure(info, error, status="retried", now=clock(), delay=delay,
+                   retry_delay=retry_delay)
+
+
+def timeout_outcome(attempt: Attempt, *, clock: Callable[[], float],
+                    retry_delay: Callable[[int], float]) -> tuple[Outcome, JobTimeout]:
+    """The outcome of an attempt still running at its deadline, and the error to report:
+    archived (``timeout``) at the task's own deadline, else a failed attempt (retried
+    within the budget) at its ``timeout``."""
+    info, job = attempt.info, attempt.job
+    assert job is not None
+    if attempt.archive_at_deadline:
+        error = JobTimeout(job.job_id, 0.0)
+        text = f"JobTimeout: task {info.id} was still running at its deadline"
+        return archive("timeout", error, text), error
+    error = JobTimeout(job.job_id, info.timeout or 0.0)
+    text = f"JobTimeout: task {info.id} timed out after {info.timeout or 0.0:g} s"
+    return failure(info, error, status="timeout", now=clock(), retry_delay=retry_delay,
+                   text=text), error

@@ -11,13 +11,13 @@ acknowledges only the attempts whose lease this worker still holds.
 
 Plain handlers run on a :class:`~poolsim.pool.WorkerPool` of ``concurrency``
 threads; ``async def`` handlers on an :class:`~poolsim.aio.AsyncWorkerPool` of
-``async_concurrency`` workers, on one event loop in a dedicated thread.
+``async_concurrency`` workers, on one event loop in a dedicated thread
+(``coroutines.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import inspect
@@ -35,8 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from poolsim.aio import AsyncWorkerPool
-from poolsim.errors import ConfigError, JobTimeout, PayloadError, QueueError
+from poolsim.errors import ConfigError, PayloadError, QueueError
 from poolsim.jobs import current_job
 from poolsim.pool import WorkerPool
 from poolsim.queue.acker import Acker, Settled
@@ -47,9 +46,12 @@ from poolsim.queue.attempts import (
     archive,
     attempt_deadline,
     failure,
+    handler_outcome,
     lease_args,
+    timeout_outcome,
 )
 from poolsim.queue.backends.base import Backend, Outcome, open_backend
+from poolsim.queue.coroutines import Coroutines
 from poolsim.queue.loops import (
     Fetcher,
     Forwarder,
@@ -59,7 +61,7 @@ from poolsim.queue.loops import (
     Watchdog,
     queue_weights,
 )
-from poolsim.queue.task import Retry, SkipRetry, State, Task, TaskInfo
+from poolsim.queue.task import State, Task, TaskInfo
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -195,9 +197,7 @@ class Server:
         self._fetcher: Fetcher | None = None
         self._recoverer: Recoverer | None = None
         self._acker: Acker | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # coroutine handlers run here
-        self._loop_thread: threading.Thread | None = None
-        self._async_pool: AsyncWorkerPool | None = None
+        self._coroutines: Coroutines | None = None  # coroutine handlers run here
 
     # -- handlers -----------------------------------------------------------
 
@@ -228,7 +228,12 @@ class Server:
                                 queue_size=self.concurrency + self.prefetch,
                                 name=f"queue-server-{self.worker}")
         if any(inspect.iscoroutinefunction(fn) for fn in self._handlers.values()):
-            self._start_event_loop()
+            coroutines = Coroutines(
+                workers=self.async_concurrency, name=self.worker, run=self._process_coroutine,
+                release=functools.partial(self._release_place, True),
+                refuse=functools.partial(self._refused, coroutine=True))
+            coroutines.start()
+            self._coroutines = coroutines
         self._acker = Acker(backend, self.clock, worker=self.worker,
                             interval=self.ack_interval, batch=self.ack_batch,
                             done=self._acknowledged)
@@ -323,37 +328,10 @@ class Server:
         for name in ("watchdog", "lease_keeper", "recoverer", "forwarder"):
             loops[name].stop()
         pool.shutdown("immediate", 0.0)
-        self._stop_event_loop()
+        if self._coroutines is not None:
+            self._coroutines.stop()
         backend.close()
         return ids
-
-    # -- the event loop for coroutine handlers -------------------------------------
-
-    def _start_event_loop(self) -> None:
-        self._loop = loop = asyncio.new_event_loop()
-        self._loop_thread = threading.Thread(target=loop.run_forever, daemon=True,
-                                             name=f"poolsim-queue-loop-{self.worker}")
-        self._loop_thread.start()
-
-        async def make() -> AsyncWorkerPool:  # its events belong to this loop
-            return AsyncWorkerPool(workers=self.async_concurrency,
-                                   queue_size=self.async_concurrency,
-                                   name=f"queue-server-async-{self.worker}")
-
-        self._async_pool = asyncio.run_coroutine_threadsafe(make(), loop).result()
-
-    def _stop_event_loop(self) -> None:
-        loop, thread, pool = self._loop, self._loop_thread, self._async_pool
-        if loop is None or thread is None or pool is None:
-            return
-        try:  # cancels what still runs (already handed back) for real
-            asyncio.run_coroutine_threadsafe(pool.shutdown("immediate", 1.0), loop).result(5.0)
-        except Exception:
-            _log.exception("the coroutine pool did not shut down cleanly")
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5.0)
-        if not thread.is_alive():
-            loop.close()
 
     # -- the fetcher's side ---------------------------------------------------
 
@@ -364,7 +342,7 @@ class Server:
             return 0
         with self._lock:
             free = self.concurrency + self.prefetch - self._busy
-            if self._async_pool is not None:
+            if self._coroutines is not None:
                 free = min(free, self.async_concurrency - self._busy_async)
         return free
 
@@ -373,7 +351,7 @@ class Server:
         assert self._pool is not None
         attempt = Attempt(info)
         self._attempts.add(attempt)
-        coroutine = self._async_pool is not None and inspect.iscoroutinefunction(
+        coroutine = self._coroutines is not None and inspect.iscoroutinefunction(
             self._handlers.get(info.type))
         with self._lock:
             if coroutine:
@@ -382,8 +360,8 @@ class Server:
                 self._busy += 1
         try:
             if coroutine:
-                assert self._loop is not None
-                asyncio.run_coroutine_threadsafe(self._submit_coroutine(attempt), self._loop)
+                assert self._coroutines is not None
+                self._coroutines.submit(attempt)
             else:
                 self._pool.submit(self._process, attempt, task_type=info.type)
         except Exception:  # the pool refused (cannot happen while running): hand it back
@@ -464,40 +442,6 @@ class Server:
                               error=f"QueueError: {error}")
         self._decided(attempt, outcome, error, started)
 
-    async def _submit_coroutine(self, attempt: Attempt) -> None:
-        """On the event loop: queue the attempt on the coroutine pool. Its place is freed
-        when the coroutine ends (or, if it never started, when the pool drops it)."""
-        assert self._async_pool is not None and self._loop is not None
-        loop, ran = self._loop, False
-
-        async def body() -> None:
-            nonlocal ran
-            ran = True
-            try:
-                await self._process_coroutine(attempt)
-            finally:
-                self._release_place(coroutine=True)
-
-        try:
-            handle = await self._async_pool.submit(body, task_type=attempt.info.type)
-        except Exception:
-            _log.exception("could not run task %s; handing it back", attempt.info.id)
-            await asyncio.to_thread(self._refused, attempt, True)
-            return
-
-        def never_ran(done: asyncio.Future[None]) -> None:
-            if not ran:
-                self._release_place(coroutine=True)
-
-        def cancel() -> None:  # from another thread: a timeout, a lost lease, a shutdown
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to stop
-                loop.call_soon_threadsafe(handle.cancel)  # the pool cancels the coroutine
-
-        handle.add_done_callback(never_ran)
-        attempt.on_cancel = cancel
-        if attempt.decided is not None:  # settled before on_cancel was set
-            cancel()
-
     async def _process_coroutine(self, attempt: Attempt) -> None:
         """The coroutine pool runs a coroutine handler; a timeout, lost lease or hand-back
         cancels it (``CancelledError`` inside the handler)."""
@@ -556,15 +500,8 @@ class Server:
     def _ended(self, attempt: Attempt, error: BaseException | None,
                started: float | None) -> None:
         """The handler returned (``error`` None) or raised: decide and settle the attempt."""
-        info = attempt.info
-        if error is None:
-            outcome = Outcome(state=State.COMPLETED, status="completed")
-        elif isinstance(error, SkipRetry):
-            outcome = archive("failed", error)
-        elif isinstance(error, Retry):
-            outcome = self._failure(info, error, status="retried", delay=error.delay)
-        else:
-            outcome = self._failure(info, error, status="retried")
+        outcome = handler_outcome(attempt.info, error, clock=self.clock,
+                                  retry_delay=self.retry_delay)
         self._decided(attempt, outcome, error, started)
 
     def _decided(self, attempt: Attempt, outcome: Outcome, error: BaseException | None,
@@ -572,23 +509,14 @@ class Server:
         if self._attempts.decide(attempt, "handler"):
             self._settle(attempt, outcome, error, started)
 
-    def _failure(self, info: TaskInfo, error: BaseException, *, status: str,
-                 delay: float | None = None, text: str | None = None) -> Outcome:
-        return failure(info, error, status=status, now=self.clock(), delay=delay,
-                       retry_delay=self.retry_delay, text=text)
+    def _failure(self, info: TaskInfo, error: BaseException, *, status: str) -> Outcome:
+        return failure(info, error, status=status, now=self.clock(),
+                       retry_delay=self.retry_delay)
 
     def _on_timeout(self, attempt: Attempt) -> None:
         """The watchdog settled an attempt past its deadline (its handler was told to stop)."""
-        info, job = attempt.info, attempt.job
-        assert job is not None
-        if attempt.archive_at_deadline:
-            error = JobTimeout(job.job_id, 0.0)
-            text = f"JobTimeout: task {info.id} was still running at its deadline"
-            outcome = archive("timeout", error, text)
-        else:
-            error = JobTimeout(job.job_id, info.timeout or 0.0)
-            text = f"JobTimeout: task {info.id} timed out after {info.timeout or 0.0:g} s"
-            outcome = self._failure(info, error, status="timeout", text=text)
+        outcome, error = timeout_outcome(attempt, clock=self.clock,
+                                         retry_delay=self.retry_delay)
         self._settle(attempt, outcome, error, None)
 
     def _on_lost(self, attempt: Attempt) -> None:
