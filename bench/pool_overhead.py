@@ -42,7 +42,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from _gctimer import GcTimer  # bench/ is the script directory
+from _common import GcTimer, verdict  # bench/ is the script directory
 from prometheus_client import CollectorRegistry
 
 from poolsim import QueueFull, WorkerPool
@@ -188,10 +188,7 @@ def main() -> int:
         (f"memory flat: poolsim peak grew {growth:.2f} MiB from 10% to 100% < {FLAT_MIB}",
          growth < FLAT_MIB),
     ]
-    print(f"\n({time.perf_counter() - began:.0f} s)")
-    for text, ok in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {text}")
-    return 0 if all(ok for _, ok in checks) else 1
+    return verdict(checks, began)
 
 
 if __name__ == "__main__":

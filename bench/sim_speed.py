@@ -60,7 +60,7 @@ from typing import Any
 import ciw
 import numpy as np
 import pandas as pd
-from _gctimer import GcTimer  # bench/ is the script directory
+from _common import GcTimer, verdict  # bench/ is the script directory
 
 from poolsim import PoolConfig
 from poolsim.sim.fast import run_fast
@@ -281,10 +281,7 @@ def main() -> int:
         (f"agreement:   every engine completes the same jobs, mean waits within "
          f"{AGREE:.0%} of ciw's", agree),
     ]
-    print(f"\n({time.perf_counter() - began:.0f} s)")
-    for text, ok in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {text}")
-    return 0 if all(ok for _, ok in checks) else 1
+    return verdict(checks, began)
 
 
 if __name__ == "__main__":

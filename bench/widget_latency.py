@@ -51,7 +51,7 @@ import time
 from typing import Any
 
 import numpy as np
-from _gctimer import GcTimer  # bench/ is the script directory
+from _common import GcTimer, verdict  # bench/ is the script directory
 
 from poolsim import PoolConfig, ServiceTime, poisson
 from poolsim.widgets import Dashboard, dashboard
@@ -188,10 +188,7 @@ def main() -> int:
     changes = sum(len(rows) for rows in samples.values())
     checks.append((f"every change was redrawn: {changes - stale}/{changes} show the controls' "
                    "settings", stale == 0))
-    print(f"\n({time.perf_counter() - began:.0f} s)")
-    for text, ok in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {text}")
-    return 0 if all(ok for _, ok in checks) else 1
+    return verdict(checks, began)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Seconds spent in the garbage collector, for the benchmarks that report it."""
+"""What the benchmarks share: time spent in gc, and the PASS/FAIL verdict on their floors."""
 
 from __future__ import annotations
 
@@ -19,3 +19,11 @@ class GcTimer:
             self._began = time.perf_counter()
         else:
             self.total += time.perf_counter() - self._began
+
+
+def verdict(checks: list[tuple[str, bool]], began: float) -> int:
+    """Print how long the run took and a PASS/FAIL line per floor; the exit status."""
+    print(f"\n({time.perf_counter() - began:.0f} s)")
+    for text, ok in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {text}")
+    return 0 if all(ok for _, ok in checks) else 1
