@@ -10,8 +10,12 @@ over, so a handler thread never waits for a commit.
 At least once, still: until its outcome is flushed an attempt keeps its lease (the lease
 keeper renews it). If the worker dies in between, the lease lapses and the recoverer
 retries the task, so a task whose handler had finished may run again — the window is
-``interval`` seconds. :meth:`Acker.stop` flushes everything waiting; an outcome added
-after that is written at once, by the caller.
+``interval`` seconds. If the store cannot be reached (``BackendUnavailable``), the outcomes
+stay waiting and the write is retried with back-off (50 ms doubling to 2 s) until it
+succeeds: an outage shorter than the lease costs no task a second run. Any other error is
+retried twice, then given up: the leases lapse and the recoverer retries the tasks.
+:meth:`Acker.stop` flushes everything waiting (retrying briefly, then giving up in the same
+way); an outcome added after that is written at once, by the caller.
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from poolsim.errors import BackendUnavailable
 from poolsim.queue.attempts import Attempt, lease_args
 from poolsim.queue.backends.base import Backend, Outcome
 
 __all__ = ["Acker", "Settled"]
 
 _log = logging.getLogger("poolsim.queue")
-_RETRY_PAUSES = (0.05, 0.5)  # a transient store failure is retried twice, then given up
+_RETRY_PAUSES = (0.05, 0.5)  # at stop(): a failing write is retried twice, then given up
+RETRY_FIRST_S, RETRY_CAP_S = 0.05, 2.0  # while running: back-off between failed writes
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,6 +106,7 @@ class Acker:
         self.flush(left)  # nothing, unless the thread was never started or is stuck
 
     def _run(self) -> None:
+        failures = 0  # failed writes in a row
         while True:
             with self._cond:
                 while not self._waiting and not self._stopping:
@@ -111,27 +118,47 @@ class Acker:
                     self._cond.wait(left)
                 items, self._waiting = self._waiting, []
                 stopping = self._stopping
-            try:
-                self.flush(items)
-            except Exception:  # flush logs its own failures; never let the thread die
-                _log.exception("poolsim acker failed")
             if stopping:
+                self.flush(items)  # retried briefly, then given up
                 with self._cond:
                     if not self._waiting:
                         return
+                continue
+            try:
+                acked = self._write(items)
+            except BackendUnavailable as exc:  # kept, and written again after a back-off
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    _log.warning("could not acknowledge %d task(s) (%s); retrying",
+                                 len(items), exc)
+                with self._cond:
+                    self._waiting[:0] = items
+                    if not self._stopping:
+                        self._cond.wait(min(RETRY_CAP_S, RETRY_FIRST_S * 2 ** (failures - 1)))
+                continue
+            except Exception:  # not an outage (a bug?): retried briefly, then given up
+                self.flush(items)
+            else:
+                self.done(items, acked)
+            failures = 0
 
-    def flush(self, items: Sequence[Settled]) -> None:
-        """Write ``items`` in one ``finish_many`` (retried twice on failure), then report."""
-        if not items:
-            return
+    def _write(self, items: Sequence[Settled]) -> list[bool]:
+        """Acknowledge ``items`` in one ``finish_many``; one bool per item (False: lease gone)."""
         pairs = [(item.attempt.info.id, item.outcome) for item in items]
         _, leases = lease_args([item.attempt for item in items])
+        acked = self.backend.finish_many(pairs, worker=self.worker, now=self.clock(),
+                                         leases=leases)
+        self.flushes += 1
+        return acked
+
+    def flush(self, items: Sequence[Settled]) -> None:
+        """Write ``items`` now (retried twice on failure, then given up), then report."""
+        if not items:
+            return
         acked: list[bool] | None = None
         for pause in (*_RETRY_PAUSES, None):
             try:
-                acked = self.backend.finish_many(pairs, worker=self.worker, now=self.clock(),
-                                                 leases=leases)
-                self.flushes += 1
+                acked = self._write(items)
                 break
             except Exception:
                 if pause is None:

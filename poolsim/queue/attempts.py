@@ -95,6 +95,12 @@ class Attempts:
         with self._lock:
             self._held[attempt.key] = attempt
 
+    def add_many(self, attempts: Sequence[Attempt]) -> None:
+        """:meth:`add` for a claim's attempts, under one lock."""
+        with self._lock:
+            for attempt in attempts:
+                self._held[attempt.key] = attempt
+
     def decide(self, attempt: Attempt, by: str) -> bool:
         """Settle ``attempt`` as ``by``; False if someone settled it first."""
         with self._lock:
@@ -118,6 +124,16 @@ class Attempts:
             if self._held.get(attempt.key) is attempt:
                 del self._held[attempt.key]
             if not self._held:
+                self._empty.notify_all()
+
+    def remove_many(self, attempts: Sequence[Attempt]) -> None:
+        """:meth:`remove` for an acknowledged batch, under one lock."""
+        with self._lock:
+            held = self._held
+            for attempt in attempts:
+                if held.get(attempt.key) is attempt:
+                    del held[attempt.key]
+            if not held:
                 self._empty.notify_all()
 
     def held(self) -> list[Attempt]:

@@ -12,6 +12,7 @@ duty never dies of a transient error (a locked database, a lost connection).
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,8 +36,11 @@ class Loop:
     """A background duty: ``tick()`` every ``interval`` seconds on a daemon thread."""
 
     name = "loop"
-    retry_after_error: float | None = None  # seconds until a failed tick is retried (None:
-    # ``interval``)
+    # A failed tick is retried after ``retry_after_error`` seconds (None: ``interval``),
+    # doubling with each failure in a row up to ``retry_cap`` (never below the first wait),
+    # less up to 20 % jitter so that many workers do not all retry an outage in step.
+    retry_after_error: float | None = None
+    retry_cap = 5.0
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
@@ -72,13 +76,22 @@ class Loop:
         """Whether the loop's thread is alive."""
         return self._thread is not None and self._thread.is_alive()
 
+    def retry_wait(self, failures: int) -> float:
+        """Seconds until a tick that failed ``failures`` times in a row is tried again."""
+        first = self.interval if self.retry_after_error is None else self.retry_after_error
+        wait = min(max(first, self.retry_cap), first * 2.0 ** min(failures - 1, 30))
+        return wait * random.uniform(0.8, 1.0)
+
     def _run(self) -> None:
+        failures = 0  # failed ticks in a row
         while not self._stopping:
             self._wake.clear()  # before the tick: a wake() during the tick is not lost
             try:
                 wait = self.tick()
-            except Exception:  # logged at most every 5 s; the next tick retries
-                wait = self.retry_after_error
+                failures = 0
+            except Exception:  # logged at most every 5 s; retried with back-off
+                failures += 1
+                wait = self.retry_wait(failures)
                 now = time.monotonic()
                 if now - self._last_error >= 5.0:
                     self._last_error = now
@@ -200,7 +213,8 @@ class LeaseKeeper(Loop):
         self.worker = worker
         self.lease_s = lease_s
         self.on_lost = on_lost
-        self.retry_after_error = min(1.0, interval / 3)
+        self.retry_after_error = self.retry_cap = min(1.0, interval / 3)  # no growth: the
+        # leases must be renewed as soon as the store is back
 
     def tick(self) -> float | None:
         held = self.attempts.held()
@@ -247,16 +261,23 @@ class Watchdog(Loop):
 
 
 class Fetcher(Loop):
-    """Claims as many tasks as there are free places, never more (back-pressure), in weighted
-    or strict queue order, and dispatches each; polls every ``interval`` when idle and is
-    woken when a place frees."""
+    """Claims no more tasks than there are free places (back-pressure), in weighted or
+    strict queue order, and dispatches each claim's tasks together; polls every
+    ``interval`` when idle and is woken when places free.
+
+    ``batch`` is the fewest free places worth a claim: fewer are left until more free up
+    (the server wakes the fetcher once ``batch`` are free), so a busy server refills its
+    prefetched places in one claim instead of one claim per finished task. The server's
+    ``free()`` must count ``batch`` places free before any thread can go idle.
+    """
 
     name = "fetcher"
 
     def __init__(self, backend: Backend, clock: Clock, *, worker: str, lease_s: float,
                  weights: Mapping[str, int], strict: Sequence[str] | None,
                  rng: np.random.Generator, free: Callable[[], int],
-                 dispatch: Callable[[TaskInfo], None], interval: float) -> None:
+                 dispatch: Callable[[Sequence[TaskInfo]], None], interval: float,
+                 batch: int = 1) -> None:
         super().__init__(interval)
         self.backend = backend
         self.clock = clock
@@ -267,19 +288,21 @@ class Fetcher(Loop):
         self.rng = rng
         self.free = free
         self.dispatch = dispatch
+        self.batch = max(1, batch)
         self.claims = 0  # claim calls made, for tests and statistics
 
     def tick(self) -> float | None:
         free = self.free()
-        if free <= 0:
-            return None  # dispatch's place release wakes us
+        if free < self.batch:
+            return None  # a place release wakes us once enough are free
         got = 0
         for order, limit in claim_plan(self.weights, self.strict, free, self.rng):
             if self._stopping:
                 break
             self.claims += 1
-            for info in self.backend.claim(order, worker=self.worker, now=self.clock(),
-                                           lease_s=self.lease_s, limit=limit):
-                got += 1
-                self.dispatch(info)
+            infos = self.backend.claim(order, worker=self.worker, now=self.clock(),
+                                       lease_s=self.lease_s, limit=limit)
+            if infos:
+                got += len(infos)
+                self.dispatch(infos)
         return 0.0 if got and got == free else None

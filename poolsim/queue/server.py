@@ -1,7 +1,8 @@
 """Server: runs a durable queue's tasks on a :class:`~poolsim.pool.WorkerPool`.
 
 Small loops composed (``loops.py``): the fetcher claims no more tasks than the
-pool has free places, the lease keeper renews the leases of running tasks, the
+server has free places (``concurrency`` threads + ``prefetch`` waiting), several at
+once, the lease keeper renews the leases of held tasks, the
 watchdog times out attempts, the recoverer returns tasks whose worker died, the
 forwarder moves due scheduled/retry tasks to pending (and deletes expired
 completed ones). Each attempt is settled exactly once — by its handler, its
@@ -9,7 +10,8 @@ timeout, a lost lease or a graceful shutdown — and the acker (``acker.py``)
 writes settled outcomes in batches, each batch one atomic store call that
 acknowledges only the attempts whose lease this worker still holds.
 
-Plain handlers run on a :class:`~poolsim.pool.WorkerPool` of ``concurrency``
+The runner (``runner.py``) runs one attempt, from decoding the task to settling its
+outcome: plain handlers on a :class:`~poolsim.pool.WorkerPool` of ``concurrency``
 threads; ``async def`` handlers on an :class:`~poolsim.aio.AsyncWorkerPool` of
 ``async_concurrency`` workers, on one event loop in a dedicated thread
 (``coroutines.py``).
@@ -17,7 +19,6 @@ threads; ``async def`` handlers on an :class:`~poolsim.aio.AsyncWorkerPool` of
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import inspect
@@ -30,27 +31,16 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from poolsim.errors import ConfigError, PayloadError, QueueError
-from poolsim.jobs import current_job
+from poolsim.errors import ConfigError, QueueError
 from poolsim.pool import WorkerPool
 from poolsim.queue.acker import Acker, Settled
-from poolsim.queue.attempts import (
-    Attempt,
-    Attempts,
-    ExponentialBackoff,
-    archive,
-    attempt_deadline,
-    failure,
-    handler_outcome,
-    lease_args,
-    timeout_outcome,
-)
-from poolsim.queue.backends.base import Backend, Outcome, open_backend
+from poolsim.queue.attempts import Attempt, Attempts, ExponentialBackoff, lease_args
+from poolsim.queue.backends.base import Backend, open_backend
 from poolsim.queue.coroutines import Coroutines
 from poolsim.queue.loops import (
     Fetcher,
@@ -61,7 +51,8 @@ from poolsim.queue.loops import (
     Watchdog,
     queue_weights,
 )
-from poolsim.queue.task import State, Task, TaskInfo
+from poolsim.queue.runner import ErrorHandler, Runner
+from poolsim.queue.task import Task, TaskInfo
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -72,8 +63,9 @@ __all__ = ["ExponentialBackoff", "Server", "ServerStatistics"]
 
 _log = logging.getLogger("poolsim.queue")
 _SLICE = 0.05  # how often run() looks at its signal flags
+PREFETCH_PER_THREAD = 4  # the default prefetch is this many tasks per thread (as Celery's
+# default prefetch multiplier): claims of many tasks, and a thread never waits for one
 H = TypeVar("H", bound=Callable[..., Any])
-ErrorHandler = Callable[[TaskInfo, BaseException], Any]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,7 +74,7 @@ class ServerStatistics:
 
     worker: str
     concurrency: int
-    active: int  # handlers running or about to (threads + coroutines)
+    active: int  # claimed tasks held: running, or waiting for a thread (threads + coroutines)
     counts: Mapping[str, int]  # settled attempts by jobs-frame status
     leases_lost: int
     recovered: int  # lapsed leases this server's recoverer returned (any worker's)
@@ -106,6 +98,11 @@ class Server:
     first with probability weight / total), or a list for strict priority in list
     order; ``strict=True`` makes a dict strict too, heaviest first.
 
+    ``prefetch`` (default ``4 * concurrency``) claimed tasks may wait for a free thread,
+    holding their leases (renewed): claims are bigger and a thread never waits for one.
+    ``prefetch=0`` claims only for free threads — better when tasks are long and several
+    servers share a queue (a waiting task cannot run elsewhere).
+
     Outcomes are acknowledged in batches: every ``ack_interval`` seconds or every
     ``ack_batch`` outcomes, whichever comes first (``ack_batch=1`` writes each at once).
     ``async def`` handlers run on one event loop, up to ``async_concurrency`` at a time
@@ -118,7 +115,7 @@ class Server:
         *,
         concurrency: int = 10,
         async_concurrency: int | None = None,
-        prefetch: int = 0,
+        prefetch: int | None = None,
         queues: Mapping[str, int] | Sequence[str] | None = None,
         strict: bool = False,
         lease_s: float = 30.0,
@@ -142,6 +139,8 @@ class Server:
                              ("async_concurrency", async_concurrency), ("ack_batch", ack_batch)):
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ConfigError(field, count, "an integer >= 1")
+        if prefetch is None:
+            prefetch = PREFETCH_PER_THREAD * concurrency
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise ConfigError("prefetch", prefetch, "an integer >= 0")
         for field, value in (("lease_s", lease_s), ("shutdown_timeout", shutdown_timeout),
@@ -197,6 +196,7 @@ class Server:
         self._fetcher: Fetcher | None = None
         self._recoverer: Recoverer | None = None
         self._acker: Acker | None = None
+        self._runner: Runner | None = None
         self._coroutines: Coroutines | None = None  # coroutine handlers run here
 
     # -- handlers -----------------------------------------------------------
@@ -224,25 +224,30 @@ class Server:
                 raise QueueError(f"server {self.worker} was already started")
             self._state = "running"
         self._backend = backend = open_backend(self.url)
-        self._pool = WorkerPool(workers=self.concurrency,
-                                queue_size=self.concurrency + self.prefetch,
-                                name=f"queue-server-{self.worker}")
+        self._pool = pool = WorkerPool(workers=self.concurrency, queue_size=self.concurrency,
+                                       name=f"queue-server-{self.worker}")
+        self._acker = Acker(backend, self.clock, worker=self.worker,
+                            interval=self.ack_interval, batch=self.ack_batch,
+                            done=self._acknowledged)
+        self._runner = runner = Runner(
+            self._handlers, self._attempts, clock=self.clock, retry_delay=self.retry_delay,
+            error_handler=self.error_handler, settle=self._acker.add,
+            release=self._release_place, lanes=self.concurrency,
+            submit=functools.partial(pool.submit, task_type="queue-tasks"),
+            refuse=functools.partial(self._refused, coroutine=False))
         if any(inspect.iscoroutinefunction(fn) for fn in self._handlers.values()):
             coroutines = Coroutines(
-                workers=self.async_concurrency, name=self.worker, run=self._process_coroutine,
+                workers=self.async_concurrency, name=self.worker, run=runner.run_coroutine,
                 release=functools.partial(self._release_place, True),
                 refuse=functools.partial(self._refused, coroutine=True))
             coroutines.start()
             self._coroutines = coroutines
-        self._acker = Acker(backend, self.clock, worker=self.worker,
-                            interval=self.ack_interval, batch=self.ack_batch,
-                            done=self._acknowledged)
         self._acker.start()
         self._recoverer = Recoverer(backend, self.clock, self.recover_interval)
         self._fetcher = Fetcher(backend, self.clock, worker=self.worker, lease_s=self.lease_s,
                                 weights=self.weights, strict=self.strict, rng=self._rng,
                                 free=self._free, dispatch=self._dispatch,
-                                interval=self.poll_interval)
+                                interval=self.poll_interval, batch=self._batch())
         self._loops = {
             "recoverer": self._recoverer,
             "forwarder": Forwarder(backend, self.clock, self.forward_interval),
@@ -302,7 +307,13 @@ class Server:
     def _shut_down(self, timeout: float) -> list[str]:
         loops, backend, pool, acker = self._loops, self._backend, self._pool, self._acker
         assert backend is not None and pool is not None and acker is not None
+        assert self._runner is not None
         loops["fetcher"].stop()
+        taken = self._runner.take_waiting()  # prefetched, never started
+        unstarted = [a for a in taken if self._attempts.decide(a, "handed_back")]
+        for _ in taken:  # no lane will run them: their places are free
+            self._release_place()
+        ids = self._hand_back(backend, unstarted, "prefetched")  # at once: others may run them
         deadline = time.monotonic() + timeout
         while self._attempts.undecided() and self._signals < 2:  # a second signal: hurry
             left = deadline - time.monotonic()
@@ -310,20 +321,10 @@ class Server:
                 break
             self._attempts.wait_empty(min(left, _SLICE))
         left_over = self._attempts.decide_all("handed_back")
-        ids, leases = lease_args(left_over)
         for attempt in left_over:
             attempt.cancel()  # tell the handler; its late result is discarded
         acker.stop(5.0)  # what finished is acknowledged before anything is handed back
-        if ids:
-            try:  # the lease is released first: a late ack of these finds it gone
-                n = backend.hand_back(ids, worker=self.worker, now=self.clock(),
-                                      leases=leases)
-                _log.warning("handed back %d running task(s) at shutdown: %s", n, ids)
-            except Exception:  # their leases lapse and the recoverer retries them
-                _log.exception("could not hand back %s; they will be recovered", ids)
-            for attempt in left_over:
-                self._attempts.remove(attempt)
-                self._count("returned", attempt.info, None)
+        ids += self._hand_back(backend, left_over, "running")
         self._attempts.wait_empty(5.0)  # settlements already in flight finish their call
         for name in ("watchdog", "lease_keeper", "recoverer", "forwarder"):
             loops[name].stop()
@@ -333,7 +334,32 @@ class Server:
         backend.close()
         return ids
 
+    def _hand_back(self, backend: Backend, attempts: list[Attempt], what: str) -> list[str]:
+        """Return decided attempts' tasks to pending (no attempt counted); their ids."""
+        ids, leases = lease_args(attempts)
+        if ids:
+            try:  # the lease is released first: a late ack of these finds it gone
+                n = backend.hand_back(ids, worker=self.worker, now=self.clock(),
+                                      leases=leases)
+                _log.warning("handed back %d %s task(s) at shutdown: %s", n, what, ids)
+            except Exception:  # their leases lapse and the recoverer retries them
+                _log.exception("could not hand back %s; they will be recovered", ids)
+            for attempt in attempts:
+                self._attempts.remove(attempt)
+                self._count("returned", attempt.info, None)
+        return ids
+
     # -- the fetcher's side ---------------------------------------------------
+
+    def _batch(self) -> int:
+        """The fewest free places worth a claim: half the prefetched places (so a claim
+        refills several at once, not one per finished task, while the other half keeps
+        the threads busy). Fewer are free only while every thread has a task. With
+        coroutine handlers, and with ``prefetch`` 0 or 1, any free place is claimed for."""
+        if self.prefetch == 0 or any(inspect.iscoroutinefunction(fn)
+                                     for fn in self._handlers.values()):
+            return 1
+        return max(1, self.prefetch // 2)
 
     def _free(self) -> int:
         """Places to claim for: a claimed task may turn out to be of either kind, so no
@@ -346,27 +372,29 @@ class Server:
                 free = min(free, self.async_concurrency - self._busy_async)
         return free
 
-    def _dispatch(self, info: TaskInfo) -> None:
-        """A claimed task: hold its lease, run it on the thread pool or the event loop."""
-        assert self._pool is not None
-        attempt = Attempt(info)
-        self._attempts.add(attempt)
-        coroutine = self._coroutines is not None and inspect.iscoroutinefunction(
-            self._handlers.get(info.type))
+    def _dispatch(self, infos: Sequence[TaskInfo]) -> None:
+        """Claimed tasks: hold their leases, run each on the thread pool or the event loop."""
+        coroutines = self._coroutines
+        assert self._runner is not None
+        attempts = [Attempt(info) for info in infos]
+        self._attempts.add_many(attempts)
+        kinds = [coroutines is not None and inspect.iscoroutinefunction(
+            self._handlers.get(a.info.type)) for a in attempts]
         with self._lock:
-            if coroutine:
-                self._busy_async += 1
-            else:
-                self._busy += 1
-        try:
-            if coroutine:
-                assert self._coroutines is not None
-                self._coroutines.submit(attempt)
-            else:
-                self._pool.submit(self._process, attempt, task_type=info.type)
-        except Exception:  # the pool refused (cannot happen while running): hand it back
-            _log.exception("could not run task %s; handing it back", info.id)
-            self._refused(attempt, coroutine)
+            n = sum(kinds)
+            self._busy_async += n
+            self._busy += len(attempts) - n
+        self._runner.start([a for a, coroutine in zip(attempts, kinds, strict=True)
+                            if not coroutine])
+        if coroutines is not None:
+            for attempt, coroutine in zip(attempts, kinds, strict=True):
+                if coroutine:
+                    try:
+                        coroutines.submit(attempt)
+                    except Exception:  # the loop is gone (cannot happen while running)
+                        _log.exception("could not run task %s; handing it back",
+                                       attempt.info.id)
+                        self._refused(attempt, True)
 
     def _refused(self, attempt: Attempt, coroutine: bool) -> None:
         self._release_place(coroutine)
@@ -379,145 +407,26 @@ class Server:
                 self._attempts.remove(attempt)
 
     def _release_place(self, coroutine: bool = False) -> None:
+        """A handler ended (or never ran): its place is free; the fetcher is woken once a
+        claim is worth making (``Fetcher.batch`` places free), not for every place."""
         with self._lock:
             if coroutine:
                 self._busy_async -= 1
             else:
                 self._busy -= 1
-        if self._fetcher is not None:
-            self._fetcher.wake()
+            free = self.concurrency + self.prefetch - self._busy
+        fetcher = self._fetcher
+        if fetcher is not None and (coroutine or free >= fetcher.batch):
+            fetcher.wake()
 
     def _store(self) -> Backend:
         assert self._backend is not None
         return self._backend
 
-    # -- one attempt, on a pool thread or the event loop ---------------------------
-
-    def _process(self, attempt: Attempt) -> None:
-        """A pool thread runs a plain handler. Whatever escapes — a ``BaseException`` that is
-        not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``), an error preparing the
-        call — the attempt is decided (failed: retried or archived per its budget) before
-        the place is freed; a non-``Exception`` is then re-raised (the pool's future carries
-        it: it ends this call only)."""
-        started: float | None = None
-        try:
-            begun = self._begin(attempt)
-            if begun is None:
-                return
-            call, started = begun
-            result = call()
-            if inspect.isawaitable(result):  # an async handler registered after start()
-                asyncio.run(_awaited(result))
-        except BaseException as exc:
-            self._escaped(attempt, exc, started)
-            if not isinstance(exc, Exception | asyncio.CancelledError):
-                raise
-        else:
-            self._escaped(attempt, None, started)
-        finally:
-            try:
-                self._undecided(attempt, started)
-            finally:
-                self._release_place()
-
-    def _escaped(self, attempt: Attempt, error: BaseException | None,
-                 started: float | None) -> None:
-        """The handler's outcome, decided; an error deciding it is logged (the ``finally``
-        of the caller then settles the attempt as failed)."""
-        try:
-            self._ended(attempt, error, started)
-        except Exception:
-            _log.exception("could not settle task %s", attempt.info.id)
-
-    def _undecided(self, attempt: Attempt, started: float | None) -> None:
-        """Last resort: an attempt still undecided when its handler call ends is failed
-        (retried or archived per its budget), never left active until shutdown."""
-        if attempt.decided is not None:
-            return
-        error = QueueError(f"task {attempt.info.id}: the attempt ended without an outcome")
-        try:
-            outcome = self._failure(attempt.info, error, status="retried")
-        except Exception:
-            outcome = Outcome(state=State.RETRY, status="retried", retry_at=self.clock() + 1.0,
-                              error=f"QueueError: {error}")
-        self._decided(attempt, outcome, error, started)
-
-    async def _process_coroutine(self, attempt: Attempt) -> None:
-        """The coroutine pool runs a coroutine handler; a timeout, lost lease or hand-back
-        cancels it (``CancelledError`` inside the handler)."""
-        started: float | None = None
-        try:
-            begun = self._begin(attempt)
-            if begun is None:
-                return
-            call, started = begun
-            await call()
-        except (Exception, asyncio.CancelledError) as exc:  # cancelled: already decided
-            self._escaped(attempt, exc, started)
-        except BaseException as exc:  # SystemExit, KeyboardInterrupt: settled, and not
-            # re-raised — it would stop the event loop every coroutine handler shares
-            _log.error("task %s: handler raised %r; the attempt failed", attempt.info.id, exc)
-            self._escaped(attempt, exc, started)
-        else:
-            self._escaped(attempt, None, started)
-        finally:
-            self._undecided(attempt, started)
-
-    def _begin(self, attempt: Attempt) -> tuple[Callable[[], Any], float] | None:
-        """Start an attempt: the handler call to make and its start time, or None when the
-        attempt was settled before it began or ends without running a handler."""
-        info = attempt.info
-        job = current_job()
-        job.attempt = info.attempt
-        started = self.clock()
-        deadline, by_task = attempt_deadline(info, started)
-        if not self._attempts.start(attempt, job, deadline, by_task):
-            return None  # settled before it began (lease lost, or shutdown)
-        if deadline is not None:
-            job.deadline = time.monotonic() + (deadline - started)
-        ready = self._prepare(info, started)
-        if isinstance(ready, tuple):
-            self._decided(attempt, *ready, started)
-            return None
-        return ready, started
-
-    def _prepare(self, info: TaskInfo, started: float
-                 ) -> Callable[[], Any] | tuple[Outcome, BaseException]:
-        """The handler call to make, or why the attempt ends without one."""
-        if info.deadline is not None and started >= info.deadline:
-            return archive("failed", error := QueueError(
-                f"the task's deadline passed before it ran ({info.deadline:.3f})")), error
-        fn = self._handlers.get(info.type)
-        if fn is None:
-            return archive("failed", error := QueueError(
-                f"no handler for task type {info.type!r}; registered types: "
-                f"{sorted(self._handlers)}")), error
-        try:
-            return functools.partial(fn, info.task())
-        except (PayloadError, ConfigError) as exc:  # a corrupt stored task: retrying cannot help
-            return archive("failed", exc), exc
-
-    def _ended(self, attempt: Attempt, error: BaseException | None,
-               started: float | None) -> None:
-        """The handler returned (``error`` None) or raised: decide and settle the attempt."""
-        outcome = handler_outcome(attempt.info, error, clock=self.clock,
-                                  retry_delay=self.retry_delay)
-        self._decided(attempt, outcome, error, started)
-
-    def _decided(self, attempt: Attempt, outcome: Outcome, error: BaseException | None,
-                 started: float | None) -> None:
-        if self._attempts.decide(attempt, "handler"):
-            self._settle(attempt, outcome, error, started)
-
-    def _failure(self, info: TaskInfo, error: BaseException, *, status: str) -> Outcome:
-        return failure(info, error, status=status, now=self.clock(),
-                       retry_delay=self.retry_delay)
-
     def _on_timeout(self, attempt: Attempt) -> None:
         """The watchdog settled an attempt past its deadline (its handler was told to stop)."""
-        outcome, error = timeout_outcome(attempt, clock=self.clock,
-                                         retry_delay=self.retry_delay)
-        self._settle(attempt, outcome, error, None)
+        assert self._runner is not None
+        self._runner.timed_out(attempt)
 
     def _on_lost(self, attempt: Attempt) -> None:
         with self._lock:
@@ -525,35 +434,31 @@ class Server:
         _log.warning("lease of task %s was lost (recovered elsewhere); its result will be "
                      "discarded", attempt.info.id)
 
-    def _settle(self, attempt: Attempt, outcome: Outcome, error: BaseException | None,
-                started: float | None) -> None:
-        """Hand the decided outcome to the acker (which writes it within ``ack_interval``)
-        and show a failure to the error handler. Until it is written the lease is held and
-        renewed; if the worker dies first, the lease lapses and the task is retried."""
-        assert self._acker is not None
-        try:
-            self._acker.add(Settled(attempt, outcome, started))
-        finally:
-            if error is not None:
-                self._report_error(attempt.info, error)
-
     def _acknowledged(self, items: Sequence[Settled], acked: Sequence[bool] | None) -> None:
         """The acker wrote ``items`` (``acked`` None: it could not reach the store)."""
-        for n, item in enumerate(items):
-            info = item.attempt.info
-            if acked is not None and acked[n]:
-                self._count(item.outcome.status, info, item.started)
-            elif acked is not None:
-                with self._lock:
-                    self._leases_lost += 1
-                _log.warning("task %s: the lease was gone at acknowledgement (this claim "
-                             "lapsed and was recovered); its outcome was dropped and the "
-                             "task may run again", info.id)
-            self._attempts.remove(item.attempt)
+        if acked is not None:
+            written = [item for item, ok in zip(items, acked, strict=True) if ok]
+            statuses = Counter(item.outcome.status for item in written)
+            with self._lock:
+                self._counts.update(statuses)
+                self._leases_lost += len(items) - len(written)
+            if self._metrics is not None:
+                for item in written:
+                    self._observe(item.outcome.status, item.attempt.info, item.started)
+            for item, ok in zip(items, acked, strict=True):
+                if not ok:
+                    _log.warning("task %s: the lease was gone at acknowledgement (this claim "
+                                 "lapsed and was recovered); its outcome was dropped and the "
+                                 "task may run again", item.attempt.info.id)
+        self._attempts.remove_many([item.attempt for item in items])
 
     def _count(self, status: str, info: TaskInfo, started: float | None) -> None:
         with self._lock:
             self._counts[status] += 1
+        self._observe(status, info, started)
+
+    def _observe(self, status: str, info: TaskInfo, started: float | None) -> None:
+        """Metrics (when on) of one acknowledged or handed-back attempt."""
         metrics = self._metrics
         if metrics is not None:
             metrics.jobs.labels(info.queue, status).inc()
@@ -561,14 +466,6 @@ class Server:
                 metrics.duration.labels(info.type).observe(max(self.clock() - started, 0.0))
                 ready = max(info.process_at, info.created_at)
                 metrics.wait.labels(info.queue).observe(max(started - ready, 0.0))
-
-    def _report_error(self, info: TaskInfo, error: BaseException) -> None:
-        if self.error_handler is None:
-            return
-        try:
-            self.error_handler(info, error)
-        except Exception:
-            _log.exception("error_handler failed on task %s", info.id)
 
     # -- observing --------------------------------------------------------------
 
@@ -597,7 +494,3 @@ def _metrics_for(registry: CollectorRegistry | PoolMetrics | None) -> PoolMetric
     if isinstance(registry, PoolMetrics):
         return registry
     return PoolMetrics.for_registry(registry)
-
-
-async def _awaited(awaitable: Awaitable[Any]) -> None:
-    await awaitable

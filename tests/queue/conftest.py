@@ -1,8 +1,9 @@
-"""The ``backend`` fixture, run over every store, and symmetric seed/inspect helpers.
+"""The ``backend`` and ``queue_url`` fixtures, run over every store, and symmetric
+seed/inspect helpers.
 
-Adding a store is one line in ``FACTORIES``: a function that makes a fresh, empty
-backend for one test (SQLite: a new file in ``tmp_path``; Redis: a flushed database
-on the session's server).
+Adding a store is one line in ``URLS``: a function that gives a fresh, empty store's URL
+for one test (SQLite: a new file in ``tmp_path``; Redis: a flushed database on the
+session's own ``redis-server``, started on a free loopback port).
 """
 
 from __future__ import annotations
@@ -14,23 +15,48 @@ import pytest
 
 from poolsim.queue.backends.base import Backend, Outcome, open_backend
 from poolsim.queue.task import State, TaskInfo, new_task_id
+from tests.queue.redis_server import RedisServer, redis_server
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z: every test's "now" starts here
 SEEDER = "seeder:1:abc"
 
 
-def sqlite_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return open_backend(f"sqlite:///{tmp_path}/jobs.db")
+@pytest.fixture(scope="session")
+def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One ``redis-server`` for the session (no persistence), on a free loopback port."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
-FACTORIES: dict[str, Callable[[pytest.FixtureRequest, Path], Backend]] = {
-    "sqlite": sqlite_backend,
+def sqlite_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/jobs.db"
+
+
+def redis_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    server: RedisServer = request.getfixturevalue("redis_session")
+    import redis
+
+    with redis.Redis(port=server.port) as client:
+        client.flushall()
+    return server.url
+
+
+URLS: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {
+    "sqlite": sqlite_url,
+    "redis": redis_url,
 }
 
 
-@pytest.fixture(params=sorted(FACTORIES))
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    store = FACTORIES[request.param](request, tmp_path)
+@pytest.fixture(params=sorted(URLS))
+def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store's URL, once per backend."""
+    return URLS[request.param](request, tmp_path)
+
+
+@pytest.fixture
+def backend(queue_url: str) -> Iterator[Backend]:
+    """A fresh, empty store, once per backend."""
+    store = open_backend(queue_url)
     yield store
     store.close()
 
@@ -88,3 +114,33 @@ def seed_tasks(backend: Backend, states: Iterable[State | str], *, now: float = 
 def tasks_in(backend: Backend, state: State | str, queue: str | None = None) -> list[str]:
     """Ids of the tasks in ``state`` (of ``queue``, or all), in the backend's order."""
     return [t.id for t in backend.list_tasks(state=State(state), queue=queue, limit=10**6)]
+
+
+def corrupt_payload(url: str, task_id: str, payload: str) -> None:
+    """Overwrite a stored task's payload behind the backend's back (bit rot, a buggy
+    writer), in whichever store ``url`` names: one branch per backend."""
+    if url.startswith("sqlite://"):
+        import contextlib
+        import sqlite3
+
+        from poolsim.queue.backends.sqlite import parse_url
+
+        with contextlib.closing(sqlite3.connect(parse_url(url)[0])) as db, db:
+            changed = db.execute("UPDATE tasks SET payload = ? WHERE id = ?",
+                                 (payload, task_id)).rowcount
+        assert changed == 1, f"no task {task_id} to corrupt"
+    elif url.startswith(("redis://", "rediss://")):
+        import redis
+
+        from poolsim.queue.backends.redis import RedisBackend
+
+        store = RedisBackend(url)
+        try:  # the task's hash, per the key layout in the module's docstring
+            key = f"{store._base(store.get(task_id).queue)}t:{task_id}"
+        finally:
+            store.close()
+        with redis.Redis.from_url(url) as client:
+            assert client.exists(key), f"no task {task_id} to corrupt"
+            client.hset(key, "payload", payload)
+    else:
+        raise NotImplementedError(f"corrupt_payload knows no store for {url!r}")

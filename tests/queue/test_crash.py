@@ -1,5 +1,6 @@
-"""Real crashes: worker processes on one SQLite file, SIGKILLed (the whole process tree) and
-SIGTERMed mid-load. Nothing is lost; a task runs twice only if, when its worker died, it
+"""Real crashes, once per backend (conftest's ``queue_url``): worker processes on one store,
+SIGKILLed (the whole process tree) and SIGTERMed mid-load, and an enqueuer SIGKILLed mid-burst.
+Nothing is lost; a task runs twice only if, when its worker died, it
 was running or its outcome was settled but not yet acknowledged (acknowledgements are
 batched): either way its lease lapsed and was recovered, which the history records.
 """
@@ -20,12 +21,13 @@ import pytest
 
 from poolsim.queue import Client, State, Task
 from poolsim.queue.backends.base import Backend, open_backend
+from tests.queue.conftest import URLS
 
 pytestmark = pytest.mark.slow
 
 LEASE_S = 1.0
 
-# A worker process: a Server on the shared file; each handler sleeps a few ms and appends
+# A worker process: a Server on the shared store; each handler sleeps a few ms and appends
 # "ran <n> <pid>" to this process's log (flushed), then returns. A child process sleeps beside
 # it, so that killing "the whole tree" is tested for real.
 WORKER = """
@@ -127,8 +129,8 @@ def states(store: Backend) -> Counter[State]:
 
 
 @pytest.mark.timeout(240)
-def test_sigkilled_workers_lose_nothing(tmp_path: Path) -> None:
-    url, total = f"sqlite:///{tmp_path}/jobs.db", 2000
+def test_sigkilled_workers_lose_nothing(tmp_path: Path, queue_url: str) -> None:
+    url, total = queue_url, 2000
     rng = random.Random(5)
     store = open_backend(url)
     generation = 0
@@ -204,8 +206,8 @@ def test_sigkilled_workers_lose_nothing(tmp_path: Path) -> None:
     assert unflushed, "no kill caught a settled, unflushed outcome: that window went untested"
 
 
-def test_sigterm_finishes_or_hands_back_running_tasks(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/jobs.db"
+def test_sigterm_finishes_or_hands_back_running_tasks(tmp_path: Path, queue_url: str) -> None:
+    url = queue_url
     with Client(url) as client:
         ids = [client.enqueue(Task("work", {"n": n, "s": 0.05 if n % 2 else 3.0}),
                               retention=3600).id for n in range(12)]
@@ -239,3 +241,42 @@ def test_sigterm_finishes_or_hands_back_running_tasks(tmp_path: Path) -> None:
         worker.send_signal(signal.SIGTERM)
         worker.wait(15)
         store.close()
+
+
+ENQUEUE_FOREVER = """
+import sys
+from poolsim.queue import Client, Task
+client = Client(sys.argv[1])
+i = 0
+while True:
+    info = client.enqueue(Task("burst", {"i": i}))
+    print(info.id, flush=True)  # printed only after enqueue returned
+    i += 1
+"""
+
+# SQLite in both of its durability modes, and every other store as conftest names it.
+BURST_STORES = ["sqlite-NORMAL", "sqlite-FULL", *sorted(set(URLS) - {"sqlite"})]
+
+
+@pytest.fixture(params=BURST_STORES)
+def burst_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    store, _, sync = request.param.partition("-")
+    url = URLS[store](request, tmp_path)
+    return f"{url}?synchronous={sync}" if sync else url
+
+
+def test_sigkill_mid_burst_loses_no_returned_enqueue(burst_url: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", ENQUEUE_FOREVER, burst_url],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    printed = [proc.stdout.readline().strip() for _ in range(200)]
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+    printed += proc.stdout.read().split()  # from the pipe *and* what readline buffered
+    proc.stdout.close()
+    with Client(burst_url) as client:
+        stored = {t.id for t in client.backend.list_tasks(state=State.PENDING, limit=10**6)}
+        assert set(printed) <= stored
+        assert len(stored) - len(printed) <= 1  # at most the one it was writing
+        assert states(client.backend)[State.PENDING] == sum(states(client.backend).values())
+        client.enqueue(Task("after", {}))  # the store is healthy after the kill

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -125,8 +124,8 @@ def test_history_frame_maps_unknown_statuses_and_missing_workers() -> None:
 
 
 @pytest.mark.slow
-def test_a_real_queue_runs_through_summarize(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/jobs.db"
+def test_a_real_queue_runs_through_summarize(queue_url: str) -> None:
+    url = queue_url
     with Client(url) as client:
         for n in range(20):
             client.enqueue(Task("work", {"n": n}), queue="default" if n % 2 else "critical",

@@ -1,4 +1,5 @@
-"""``poolsim queue ...``, ``poolsim worker`` and ``poolsim scheduler`` on real SQLite files."""
+"""``poolsim queue ...``, ``poolsim worker`` and ``poolsim scheduler`` on real stores, once per
+backend (conftest's ``queue_url``)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from poolsim.queue.backends.base import Outcome
 
 
 @pytest.fixture
-def url(tmp_path: Path) -> Iterator[str]:
+def url(queue_url: str) -> Iterator[str]:
     """A store with 3 pending tasks in ``critical``, 1 scheduled in ``low``, 1 archived."""
-    url = f"sqlite:///{tmp_path}/jobs.db"
+    url = queue_url
     with Client(url) as client:
         for n in range(4):
             client.enqueue(Task("email:welcome", {"user_id": str(n)}), queue="critical",
@@ -65,6 +66,7 @@ def test_url_from_the_environment(url: str, capsys: pytest.CaptureFixture[str],
 def test_default_url_is_jobs_db_in_the_current_directory(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
+    # SQLite only: the default store is a SQLite file, and the message names that file.
     monkeypatch.delenv("POOLSIM_QUEUE_URL", raising=False)
     monkeypatch.chdir(tmp_path)
     status, _, err = run(capsys, "queue", "stats")
@@ -184,8 +186,9 @@ def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str]) -> N
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_worker_runs_a_server_until_signalled(tmp_path: Path, signum: int) -> None:
-    url = f"sqlite:///{tmp_path}/jobs.db"
+def test_worker_runs_a_server_until_signalled(tmp_path: Path, queue_url: str,
+                                              signum: int) -> None:
+    url = queue_url
     with Client(url) as client:
         client.enqueue(Task("hello"), task_id="first")
     process = start(tmp_path, url, "worker", "myapp:server")
@@ -200,8 +203,8 @@ def test_worker_runs_a_server_until_signalled(tmp_path: Path, signum: int) -> No
 
 
 @pytest.mark.slow
-def test_scheduler_runs_until_sigterm(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/jobs.db"
+def test_scheduler_runs_until_sigterm(tmp_path: Path, queue_url: str) -> None:
+    url = queue_url
     with Client(url):  # create the store first, so the inspector may open it
         pass
     process = start(tmp_path, url, "scheduler", "myapp:scheduler")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -52,8 +50,8 @@ def test_values_are_read_at_scrape_time(backend: Backend, registry: CollectorReg
     assert registry.get_sample_value("poolsim_queue_latency_seconds", {"queue": "low"}) == 0
 
 
-def test_exposition_and_registration(tmp_path: Path, registry: CollectorRegistry) -> None:
-    url = f"sqlite:///{tmp_path}/jobs.db"
+def test_exposition_and_registration(queue_url: str, registry: CollectorRegistry) -> None:
+    url = queue_url
     collector = QueueCollector(url, registry=registry)
     text = generate_latest(registry).decode()
     assert "# TYPE poolsim_queue_depth gauge" in text

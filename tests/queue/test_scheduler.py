@@ -1,8 +1,8 @@
 """The scheduler: cron (with time zones across DST) and intervals, each tick exactly once.
 
 Time is injected: each test moves a fake clock and calls ``tick(now)``; the
-store is a real SQLite file. Two schedulers (threads, then processes) race on
-the same ticks and the store holds each tick once.
+store is a real one, once per backend (conftest's ``queue_url``). Two schedulers
+(threads, then processes) race on the same ticks and the store holds each tick once.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ class Clock:
 
 
 @pytest.fixture
-def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/jobs.db"
+def url(queue_url: str) -> str:
+    return queue_url
 
 
 def run_ticks(scheduler: Scheduler, clock: Clock, until: float, step: float) -> list[str]:

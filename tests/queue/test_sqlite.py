@@ -1,11 +1,12 @@
-"""What only the SQLite store promises: its URL, file mode, locking, and real crashes."""
+"""What only the SQLite store promises: its URL, file mode, locking, and real crashes.
+An enqueuer SIGKILLed mid-burst, in both ``synchronous`` modes, is in test_crash.py (with
+the other stores)."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -135,38 +136,6 @@ def test_several_processes_share_one_file(tmp_path: Path) -> None:
     assert all(not db.list_tasks(state=s) for s in State)
     assert len(db.history()) == 1200
     db.close()
-
-
-ENQUEUE_FOREVER = """
-    import sys
-    from poolsim.queue import Client, Task
-    client = Client(sys.argv[1])
-    i = 0
-    while True:
-        info = client.enqueue(Task("burst", {"i": i}))
-        print(info.id, flush=True)  # printed only after enqueue returned
-        i += 1
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sync", ["NORMAL", "FULL"])
-def test_sigkill_mid_burst_loses_no_returned_enqueue(tmp_path: Path, sync: str) -> None:
-    url = f"sqlite:///{tmp_path}/jobs.db?synchronous={sync}"
-    proc = run(ENQUEUE_FOREVER, url)
-    assert proc.stdout is not None
-    printed = [proc.stdout.readline().strip() for _ in range(200)]
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=10) == -signal.SIGKILL
-    printed += proc.stdout.read().split()  # from the pipe *and* what readline buffered
-    proc.stdout.close()
-    assert proc.stderr is not None
-    proc.stderr.close()
-    with Client(url) as client:
-        stored = {t.id for t in client.backend.list_tasks(state=State.PENDING, limit=10**6)}
-        assert set(printed) <= stored
-        assert len(stored) - len(printed) <= 1  # at most the one it was writing
-        client.enqueue(Task("after", {}))  # the file is healthy after the kill
 
 
 # -- review fixes: busy codes, connections, deadlines, indexes --------------------------

@@ -203,8 +203,8 @@ def open_backend(url: str) -> Backend:
         return SQLiteBackend(url)
     if url.startswith(("redis://", "rediss://")):
         try:
-            from poolsim.queue.backends.redis import RedisBackend  # type: ignore[import-not-found]
+            from poolsim.queue.backends.redis import RedisBackend
         except ImportError as exc:
             raise ConfigError("url", url, f"a backend poolsim has ({exc})") from None
-        return RedisBackend(url)  # type: ignore[no-any-return]
+        return RedisBackend(url)
     raise ConfigError("url", url, "sqlite:///path/to/file.db or redis://host:port/db")
