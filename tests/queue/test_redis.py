@@ -245,6 +245,23 @@ def test_a_password_in_the_url(tmp_path: Path) -> None:
                 assert SECRET not in text and "wrong-" not in text and "not-it" not in text
 
 
+def test_an_acl_user_limited_to_its_prefix(tmp_path: Path) -> None:
+    """The threat model's advice works as written: a Redis ACL user allowed only the keys
+    ``~billing:*`` and the command categories it names runs the queue under
+    ``?prefix=billing``, and is refused everything under another prefix."""
+    acl = ["--user", "billing", "on", f">{SECRET}", "~billing:*", "+@read", "+@write",
+           "+@scripting", "+ping", "+info", "--user", "default", "off"]
+    with redis_server(tmp_path, extra=acl) as locked:
+        url = f"redis://billing:{SECRET}@127.0.0.1:{locked.port}/0"
+        with store(f"{url}?prefix=billing") as backend:
+            run_one(backend)
+            assert [h.status for h in backend.history()] == ["completed"]
+            assert backend.stats(now=T0)[0].processed_today == 1
+        with store(f"{url}?prefix=shipping") as backend, \
+                pytest.raises(BackendUnavailable, match="no permissions"):
+            backend.enqueue(make_task(), now=T0)
+
+
 # -- an unreachable server --------------------------------------------------------------
 
 def test_an_unreachable_server_is_backend_unavailable() -> None:
