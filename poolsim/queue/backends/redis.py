@@ -88,6 +88,8 @@ from typing import Any, Literal, NamedTuple
 import redis
 import redis.cluster
 from redis import exceptions as rexc
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from poolsim.errors import BackendUnavailable, ConfigError, TaskAlreadyExists, TaskNotFound
 from poolsim.queue.backends.base import (
@@ -660,7 +662,10 @@ class RedisBackend:
         options: dict[str, Any] = dict(
             host=p.host, port=p.port, username=p.username, password=p.password,
             socket_timeout=p.timeout, socket_connect_timeout=p.timeout, decode_responses=True,
-            **p.ssl)
+            # One try per call, so ``timeout`` bounds it (redis-py 6 would retry 3 times by
+            # default); the server's loops retry with their own back-off. A pooled connection
+            # that died with its server is replaced before use all the same.
+            retry=Retry(NoBackoff(), 0), **p.ssl)
         if p.tls:
             options["ssl"] = True
         if p.cluster:
