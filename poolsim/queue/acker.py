@@ -11,9 +11,10 @@ At least once, still: until its outcome is flushed an attempt keeps its lease (t
 keeper renews it). If the worker dies in between, the lease lapses and the recoverer
 retries the task, so a task whose handler had finished may run again — the window is
 ``interval`` seconds. If the store cannot be reached (``BackendUnavailable``), the outcomes
-stay waiting and the write is retried with back-off (50 ms doubling to 2 s) until it
-succeeds: an outage shorter than the lease costs no task a second run. Any other error is
-retried twice, then given up: the leases lapse and the recoverer retries the tasks.
+stay waiting and the write is retried with back-off (50 ms doubling to 2 s; new outcomes
+do not cut it short, only :meth:`Acker.stop` does) until it succeeds: an outage shorter
+than the lease costs no task a second run. Any other error is retried twice, then given
+up: the leases lapse and the recoverer retries the tasks.
 :meth:`Acker.stop` flushes everything waiting (retrying briefly, then giving up in the same
 way); an outcome added after that is written at once, by the caller.
 """
@@ -131,10 +132,14 @@ class Acker:
                 if failures == 1 or failures % 20 == 0:
                     _log.warning("could not acknowledge %d task(s) (%s); retrying",
                                  len(items), exc)
+                retry_at = time.monotonic() + min(RETRY_CAP_S,
+                                                  RETRY_FIRST_S * 2 ** (failures - 1))
                 with self._cond:
                     self._waiting[:0] = items
-                    if not self._stopping:
-                        self._cond.wait(min(RETRY_CAP_S, RETRY_FIRST_S * 2 ** (failures - 1)))
+                    # the whole back-off: an add() (each finishing handler) must not cut it
+                    # short and retry at once; only stop() does
+                    while not self._stopping and (left := retry_at - time.monotonic()) > 0:
+                        self._cond.wait(left)
                 continue
             except Exception:  # not an outage (a bug?): retried briefly, then given up
                 self.flush(items)

@@ -42,7 +42,7 @@ class Client:
         if not callable(clock):
             raise ConfigError("clock", clock, "a callable returning epoch seconds")
         self.backend: Backend = open_backend(url)
-        self.url = url
+        self.url = self.backend.url  # as the store shows it: any password redacted
         self._clock = clock
 
     def enqueue(self, task: Task, *, queue: str = "default", max_retry: int = 25,

@@ -5,8 +5,9 @@ and the forwarder.
 A :class:`Loop` is a daemon thread calling :meth:`Loop.tick` every ``interval`` seconds
 (or sooner: ``tick`` may ask for its next call, and :meth:`Loop.wake` calls it at once).
 ``tick`` may also be called directly — tests drive a loop one step at a time with an
-injected clock instead of sleeping. A failing tick is logged and retried: a background
-duty never dies of a transient error (a locked database, a lost connection).
+injected clock instead of sleeping. A failing tick is logged and retried after a back-off
+that a ``wake()`` does not cut short: a background duty never dies of a transient error (a
+locked database, a lost connection), nor hammers a store that is away.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class Loop:
             self._thread.start()
 
     def wake(self) -> None:
-        """Tick as soon as possible."""
+        """Tick as soon as possible — but not before the back-off after a failed tick ends."""
         self._wake.set()
 
     def stop(self, timeout: float | None = None) -> None:
@@ -86,6 +87,7 @@ class Loop:
         failures = 0  # failed ticks in a row
         while not self._stopping:
             self._wake.clear()  # before the tick: a wake() during the tick is not lost
+            retry_at = None  # after a failed tick: the earliest next try (monotonic)
             try:
                 wait = self.tick()
                 failures = 0
@@ -93,11 +95,24 @@ class Loop:
                 failures += 1
                 wait = self.retry_wait(failures)
                 now = time.monotonic()
+                retry_at = now + wait
                 if now - self._last_error >= 5.0:
                     self._last_error = now
                     _log.exception("poolsim queue %s failed; retrying", self.name)
-            if not self._stopping:
+            if retry_at is not None:
+                self._back_off(retry_at)
+            elif not self._stopping:
                 self._wake.wait(self.interval if wait is None else max(wait, 0.0))
+
+    def _back_off(self, retry_at: float) -> None:
+        """Wait until ``retry_at``: a wake() does not cut a back-off short (during an outage,
+        each freed place would otherwise retry at once); only stop() does."""
+        while True:
+            self._wake.clear()  # before the check: a stop() after it still wakes the wait
+            left = retry_at - time.monotonic()
+            if self._stopping or left <= 0:
+                return
+            self._wake.wait(left)
 
 
 class Recoverer(Loop):

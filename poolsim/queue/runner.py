@@ -76,6 +76,8 @@ class Runner:
         self._refuse = refuse
         self._waiting: deque[Attempt] = deque()  # claimed, not yet taken by a lane
         self._open = 0  # lanes submitted and not yet ended
+        self._running: dict[int, Attempt | None] = {}  # by lane: the attempt it runs
+        self._lanes = itertools.count()
         self._lock = threading.Lock()
         self._ids = itertools.count()
 
@@ -98,6 +100,15 @@ class Runner:
             self._waiting.clear()
         return taken
 
+    def stuck(self) -> int:
+        """Threads whose handler still runs an attempt someone else already decided (timed
+        out, lease lost, handed back): Python cannot stop a thread, so each may stay busy
+        for good, and a waiting attempt cannot count on it."""
+        with self._lock:
+            running = list(self._running.values())
+        return sum(1 for attempt in running if attempt is not None
+                   and attempt.decided is not None and attempt.decided != "handler")
+
     def _open_lane(self) -> None:
         assert self._submit is not None
         try:
@@ -111,23 +122,29 @@ class Runner:
                     self._waiting.clear()
             for attempt in stranded:  # no lane left to run them: hand them back
                 if self._refuse is not None:
-                    self._refuse(attempt)
+                    try:  # each one: a failure must not strand the rest
+                        self._refuse(attempt)
+                    except Exception:
+                        _log.exception("could not hand back task %s", attempt.info.id)
 
     def _lane(self) -> None:
         """A pool call: run waiting attempts one after another until none is left. If a
         handler's ``BaseException`` ends it, another lane takes over the waiting ones."""
-        waiting, lock, run = self._waiting, self._lock, self.run
+        waiting, lock, run, running = self._waiting, self._lock, self.run, self._running
+        lane = next(self._lanes)
         try:
             while True:
                 with lock:
                     if not waiting:
                         self._open -= 1
+                        running.pop(lane, None)
                         return
-                    attempt = waiting.popleft()
-                run(attempt)
+                    attempt = running[lane] = waiting.popleft()
+                run(attempt, lane)
         except BaseException:
             with lock:
                 self._open -= 1
+                running.pop(lane, None)
                 again = bool(waiting) and self._open < self.lanes
                 if again:
                     self._open += 1
@@ -137,12 +154,14 @@ class Runner:
 
     # -- running ------------------------------------------------------------------------
 
-    def run(self, attempt: Attempt) -> None:
+    def run(self, attempt: Attempt, lane: int | None = None) -> None:
         """A pool thread runs a plain handler. Whatever escapes — a ``BaseException`` that is
         not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``), an error preparing the
         call — the attempt is decided (failed: retried or archived per its budget) before
         the place is freed; a non-``Exception`` is then re-raised (it ends this lane only:
-        the pool's future carries it, and another lane takes over the waiting attempts)."""
+        the pool's future carries it, and another lane takes over the waiting attempts).
+        ``lane`` is the lane running it: once the handler returns, it no longer counts in
+        :meth:`stuck`."""
         started: float | None = None
         job = JobContext()  # this attempt's current_job(), not the lane's
         job.job_id, job.task_type, job.deadline = next(self._ids), attempt.info.type, None
@@ -168,6 +187,8 @@ class Runner:
                     self._undecided(attempt, started)
             finally:
                 _current.reset(token)
+                if lane is not None:  # the handler returned: this thread is not stuck
+                    self._running[lane] = None  # (an existing key: no size change)
                 self.release()
 
     async def run_coroutine(self, attempt: Attempt) -> None:

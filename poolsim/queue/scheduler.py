@@ -202,11 +202,11 @@ class Scheduler:
         if isinstance(catch_up, bool) or not (isinstance(catch_up, int | float)
                                               and math.isfinite(catch_up) and catch_up >= 0):
             raise ConfigError("catch_up", catch_up, "a finite number of seconds >= 0")
-        self.url = url
         self.tz = tz
         self.catch_up = float(catch_up)
         self._clock = clock
         self._client = Client(url, clock=clock)
+        self.url = self._client.url  # any password redacted
         self._entries: dict[str, Entry] = {}
         self._watermark: dict[str, float] = {}  # ticks up to here are handled, per entry
         self._lock = threading.Lock()

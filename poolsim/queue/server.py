@@ -40,7 +40,7 @@ from poolsim.errors import ConfigError, QueueError
 from poolsim.pool import WorkerPool
 from poolsim.queue.acker import Acker, Settled
 from poolsim.queue.attempts import Attempt, Attempts, ExponentialBackoff, lease_args
-from poolsim.queue.backends.base import Backend, open_backend
+from poolsim.queue.backends.base import Backend, open_backend, redact_url
 from poolsim.queue.coroutines import Coroutines
 from poolsim.queue.loops import (
     Fetcher,
@@ -157,7 +157,8 @@ class Server:
             raise ConfigError("renew_interval", renew_interval,
                               f"at most lease_s / 2 ({lease_s / 2:g} s): a lease must be "
                               "renewed at least twice before it lapses")
-        self.url = url
+        self._url = url
+        self.url = redact_url(url)  # shown in logs and repr: any password redacted
         self.concurrency = concurrency
         self.async_concurrency = async_concurrency
         self.prefetch = prefetch
@@ -183,6 +184,11 @@ class Server:
         self._attempts = Attempts()
         self._busy = 0  # claimed attempts whose handler thread has not returned
         self._busy_async = 0  # ... whose coroutine handler has not ended
+        self._allowance = prefetch  # places for waiting tasks: prefetch, less while threads
+        # are stuck in handlers whose attempt was already decided (see _free)
+        self._batch_size = 1  # the fetcher's batch while no thread is stuck
+        self._elsewhere = 0  # attempts decided by a timeout or a lost lease (a thread
+        self._unstuck_at = 0  # may be stuck since); _elsewhere when none was stuck
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._leases_lost = 0
@@ -223,7 +229,7 @@ class Server:
             if self._state != "new":
                 raise QueueError(f"server {self.worker} was already started")
             self._state = "running"
-        self._backend = backend = open_backend(self.url)
+        self._backend = backend = open_backend(self._url)
         self._pool = pool = WorkerPool(workers=self.concurrency, queue_size=self.concurrency,
                                        name=f"queue-server-{self.worker}")
         self._acker = Acker(backend, self.clock, worker=self.worker,
@@ -244,10 +250,11 @@ class Server:
             self._coroutines = coroutines
         self._acker.start()
         self._recoverer = Recoverer(backend, self.clock, self.recover_interval)
+        self._batch_size = self._batch()
         self._fetcher = Fetcher(backend, self.clock, worker=self.worker, lease_s=self.lease_s,
                                 weights=self.weights, strict=self.strict, rng=self._rng,
                                 free=self._free, dispatch=self._dispatch,
-                                interval=self.poll_interval, batch=self._batch())
+                                interval=self.poll_interval, batch=self._batch_size)
         self._loops = {
             "recoverer": self._recoverer,
             "forwarder": Forwarder(backend, self.clock, self.forward_interval),
@@ -313,7 +320,8 @@ class Server:
         unstarted = [a for a in taken if self._attempts.decide(a, "handed_back")]
         for _ in taken:  # no lane will run them: their places are free
             self._release_place()
-        ids = self._hand_back(backend, unstarted, "prefetched")  # at once: others may run them
+        ids = self._hand_back(backend, unstarted, "prefetched task(s) at shutdown")  # at once:
+        # others may run them
         deadline = time.monotonic() + timeout
         while self._attempts.undecided() and self._signals < 2:  # a second signal: hurry
             left = deadline - time.monotonic()
@@ -324,7 +332,7 @@ class Server:
         for attempt in left_over:
             attempt.cancel()  # tell the handler; its late result is discarded
         acker.stop(5.0)  # what finished is acknowledged before anything is handed back
-        ids += self._hand_back(backend, left_over, "running")
+        ids += self._hand_back(backend, left_over, "running task(s) at shutdown")
         self._attempts.wait_empty(5.0)  # settlements already in flight finish their call
         for name in ("watchdog", "lease_keeper", "recoverer", "forwarder"):
             loops[name].stop()
@@ -341,7 +349,7 @@ class Server:
             try:  # the lease is released first: a late ack of these finds it gone
                 n = backend.hand_back(ids, worker=self.worker, now=self.clock(),
                                       leases=leases)
-                _log.warning("handed back %d %s task(s) at shutdown: %s", n, what, ids)
+                _log.warning("handed back %d %s: %s", n, what, ids)
             except Exception:  # their leases lapse and the recoverer retries them
                 _log.exception("could not hand back %s; they will be recovered", ids)
             for attempt in attempts:
@@ -363,14 +371,52 @@ class Server:
 
     def _free(self) -> int:
         """Places to claim for: a claimed task may turn out to be of either kind, so no
-        more than both the thread pool and the coroutine pool can still take."""
+        more than both the thread pool and the coroutine pool can still take.
+
+        A thread still running a handler whose attempt was already decided (timed out,
+        lease lost) is *stuck*: Python cannot stop it, and it may never return. Waiting
+        tasks need a thread that will run them, so with ``stuck`` threads the prefetch
+        allowance shrinks to ``prefetch * usable // concurrency`` (``usable = concurrency
+        - stuck``; the batch worth a claim to half of that); with none usable, nothing is
+        claimed and the waiting tasks are handed back, for another worker to run."""
         if self._state != "running":
             return 0
+        runner, fetcher = self._runner, self._fetcher
+        stuck, elsewhere = 0, self._elsewhere
+        if elsewhere != self._unstuck_at and runner is not None:  # else none can be stuck
+            stuck = runner.stuck()
+            if not stuck:
+                self._unstuck_at = elsewhere
+        usable = self.concurrency - stuck
+        if stuck:
+            allowance = self.prefetch * max(usable, 0) // self.concurrency
+            batch = max(1, min(self._batch_size, allowance // 2))
+        else:
+            allowance, batch = self.prefetch, self._batch_size
+        if fetcher is not None:
+            fetcher.batch = batch
         with self._lock:
-            free = self.concurrency + self.prefetch - self._busy
+            self._allowance = allowance
+            free = self.concurrency + allowance - self._busy
             if self._coroutines is not None:
                 free = min(free, self.async_concurrency - self._busy_async)
+        if usable <= 0:
+            self._hand_back_waiting()
+            return 0
         return free
+
+    def _hand_back_waiting(self) -> None:
+        """Every thread is stuck: hand back the attempts waiting for one, at once."""
+        assert self._runner is not None
+        taken = self._runner.take_waiting()
+        if not taken:
+            return
+        unstarted = [a for a in taken if self._attempts.decide(a, "handed_back")]
+        with self._lock:  # no lane will run them: their places are free
+            self._busy -= len(taken)
+        self._hand_back(self._store(), unstarted,
+                        "waiting task(s): every thread is stuck in a handler whose attempt "
+                        "was already decided (timed out or lost its lease)")
 
     def _dispatch(self, infos: Sequence[TaskInfo]) -> None:
         """Claimed tasks: hold their leases, run each on the thread pool or the event loop."""
@@ -403,6 +449,11 @@ class Server:
             try:
                 self._store().hand_back(ids, worker=self.worker, now=self.clock(),
                                         leases=leases)
+            except Exception:  # not raised: the caller may have more attempts to give back
+                # the lease stays in the store until it lapses (no longer renewed: removed
+                # below); then the recoverer retries the task
+                _log.exception("could not hand back task %s; it will be recovered once its "
+                               "lease lapses", attempt.info.id)
             finally:
                 self._attempts.remove(attempt)
 
@@ -414,7 +465,7 @@ class Server:
                 self._busy_async -= 1
             else:
                 self._busy -= 1
-            free = self.concurrency + self.prefetch - self._busy
+            free = self.concurrency + self._allowance - self._busy
         fetcher = self._fetcher
         if fetcher is not None and (coroutine or free >= fetcher.batch):
             fetcher.wake()
@@ -426,11 +477,14 @@ class Server:
     def _on_timeout(self, attempt: Attempt) -> None:
         """The watchdog settled an attempt past its deadline (its handler was told to stop)."""
         assert self._runner is not None
+        with self._lock:
+            self._elsewhere += 1  # its thread may be stuck
         self._runner.timed_out(attempt)
 
     def _on_lost(self, attempt: Attempt) -> None:
         with self._lock:
             self._leases_lost += 1
+            self._elsewhere += 1  # its thread may be stuck
         _log.warning("lease of task %s was lost (recovered elsewhere); its result will be "
                      "discarded", attempt.info.id)
 

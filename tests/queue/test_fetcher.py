@@ -17,9 +17,13 @@ import numpy as np
 import pytest
 
 from poolsim.jobs import JobContext, current_job
+from poolsim.pool import WorkerPool
 from poolsim.queue import Client, Server, State, Task
+from poolsim.queue.attempts import Attempt, Attempts
 from poolsim.queue.backends.base import Backend, open_backend
+from poolsim.queue.coroutines import Coroutines
 from poolsim.queue.loops import Fetcher
+from poolsim.queue.runner import Runner
 from poolsim.queue.task import TaskInfo
 from tests.queue.conftest import corrupt_payload
 
@@ -69,8 +73,22 @@ def servers(url: str) -> Iterator[Callable[..., Server]]:
         server.stop(timeout=5)
 
 
+class Clock:
+    """Epoch seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def active(store: Backend) -> int:
     return len(store.list_tasks(state=State.ACTIVE, limit=10**6))
+
+
+def pending(store: Backend) -> int:
+    return len(store.list_tasks(state=State.PENDING, limit=10**6))
 
 
 def done(store: Backend) -> int:
@@ -201,6 +219,90 @@ def test_the_fetcher_claims_only_a_worthwhile_batch_and_dispatches_it_at_once(
     assert [len(infos) for infos in dispatched] == claimed  # one hand-off per claim
 
 
+# -- threads stuck in handlers that were already decided ----------------------------------
+
+
+def test_with_every_thread_stuck_in_a_timed_out_handler_the_waiting_tasks_are_handed_back(
+        servers: Callable[..., Server], client: Client, store: Backend) -> None:
+    """Python cannot stop a thread: a handler that ignores its timeout keeps its thread
+    busy, maybe for good. The prefetched tasks waiting for that thread are handed back (for
+    another worker to run) and nothing more is claimed until a thread is free again."""
+    clock, ran = Clock(), list[str]()
+    stuck_in, let_go = threading.Event(), threading.Event()
+    server = servers(concurrency=1, lease_s=300, clock=clock,
+                     retry_delay=lambda retried: 600.0)  # the default prefetch: 4
+
+    @server.handler("stuck")
+    def stuck(task: Task) -> None:
+        stuck_in.set()
+        let_go.wait(30)  # never looks at current_job().cancelled
+
+    server.handler("t")(lambda task: ran.append(task.payload["n"]))
+    stuck_id = client.enqueue(Task("stuck"), timeout=30, max_retry=1).id
+    ids = [client.enqueue(Task("t", {"n": str(n)})).id for n in range(4)]
+    try:
+        server.start()
+        assert stuck_in.wait(10)
+        wait_until(lambda: active(store) == 5)  # one running, four prefetched
+        clock.now += 31  # the stuck attempt times out; its thread stays busy
+        wait_until(lambda: (active(store), pending(store)) == (0, 4))  # the four handed
+        # back: no longer held and renewed; the stuck one's timeout acknowledged
+        assert sorted((r.task_id, r.status) for r in store.history()) == sorted(
+            [(stuck_id, "timeout")] + [(i, "returned") for i in ids])
+        time.sleep(0.05)  # a negative check: a thread stuck, nothing is claimed
+        assert (active(store), pending(store), ran) == (0, 4, [])
+        other = servers(concurrency=1, clock=clock)  # another worker runs them
+        other.handler("t")(lambda task: ran.append(task.payload["n"]))
+        other.start()
+        wait_until(lambda: sorted(ran) == ["0", "1", "2", "3"])
+        other.stop(timeout=5)
+    finally:
+        let_go.set()
+    wait_until(lambda: server.statistics().active == 0)  # the thread is free again:
+    client.enqueue(Task("t", {"n": "4"}))  # the server claims again
+    wait_until(lambda: "4" in ran)
+
+
+def test_a_stuck_thread_shrinks_the_prefetch_in_proportion(
+        servers: Callable[..., Server], client: Client, store: Backend) -> None:
+    """concurrency 2, prefetch 8, one thread stuck in a timed-out handler: at most
+    8 * 1 / 2 = 4 tasks wait for the one usable thread (not 8)."""
+    clock = Clock()
+    stuck_in, let_go, go = threading.Event(), threading.Event(), threading.Event()
+    started = threading.Semaphore(0)
+    server = servers(concurrency=2, lease_s=300, clock=clock,
+                     retry_delay=lambda retried: 600.0)
+    assert server.prefetch == 8
+
+    @server.handler("stuck")
+    def stuck(task: Task) -> None:
+        stuck_in.set()
+        let_go.wait(30)  # never looks at current_job().cancelled
+
+    @server.handler("t")
+    def handler(task: Task) -> None:
+        started.release()
+        assert go.wait(30)
+
+    client.enqueue(Task("stuck"), timeout=30, max_retry=1)
+    client.enqueue(Task("t"))
+    try:
+        server.start()
+        assert stuck_in.wait(10) and started.acquire(timeout=10)
+        clock.now += 31
+        wait_until(lambda: done(store) == 1)  # the stuck one timed out
+        for _ in range(20):
+            client.enqueue(Task("t"))
+        wait_until(lambda: active(store) == 5)  # the running "t" and 4 waiting
+        time.sleep(0.05)  # a negative check: the whole prefetch would make it 9
+        assert active(store) == 5
+        go.set()
+        wait_until(lambda: done(store) == 22)  # the one usable thread runs them all
+    finally:
+        go.set()
+        let_go.set()
+
+
 # -- shutdown ---------------------------------------------------------------------------
 
 
@@ -304,3 +406,69 @@ def test_shutdown_hands_back_prefetched_tasks_at_once_and_waits_only_for_running
     assert [r.status for r in store.history() if r.task_id == ids[0]] == ["completed"]
     assert server.statistics().counts == {"completed": 1, "returned": 3}
     assert len(store.list_tasks(state=State.PENDING, limit=100)) == 5
+
+
+# -- refused attempts ------------------------------------------------------------------------
+
+
+def _info(n: int) -> TaskInfo:
+    return TaskInfo(id=f"t{n}", type="t", payload="{}", queue="default", state=State.ACTIVE,
+                    max_retry=1, lease=f"tok{n}")
+
+
+def test_one_failed_hand_back_does_not_strand_the_other_refused_attempts() -> None:
+    """The pool refuses a lane: every waiting attempt is given back, even when giving back
+    one of them fails."""
+    refused: list[str] = []
+
+    def refuse(attempt: Attempt) -> None:
+        refused.append(attempt.info.id)
+        if len(refused) == 1:
+            raise ConnectionError("the store is away")
+
+    def submit(fn: Callable[[], None]) -> object:
+        raise RuntimeError("the pool is closed")
+
+    runner = Runner({}, Attempts(), clock=lambda: T0, retry_delay=lambda retried: 1.0,
+                    error_handler=None, settle=lambda settled: None, release=lambda: None,
+                    lanes=1, submit=submit, refuse=refuse)
+    runner.start([Attempt(_info(n)) for n in range(3)])
+    assert refused == ["t0", "t1", "t2"]
+
+
+@pytest.mark.parametrize("kind", ["thread", "coroutine"])
+def test_refused_attempts_whose_hand_back_fails_are_let_go_for_the_recoverer(
+        servers: Callable[..., Server], client: Client, store: Backend,
+        monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """The pool (or the event loop) refuses the claimed tasks and the store refuses their
+    hand-back: none is left held (renewed for ever, never run); their leases lapse and they
+    are recovered."""
+    clock = Clock()
+
+    def closed(*args: Any, **kwargs: Any) -> object:
+        raise RuntimeError("the pool is closed")
+
+    def away(*args: Any, **kwargs: Any) -> int:
+        raise ConnectionError("the store is away")
+
+    monkeypatch.setattr(WorkerPool, "submit", closed)
+    monkeypatch.setattr(Coroutines, "submit", closed)
+    monkeypatch.setattr(type(store), "hand_back", away)
+    server = servers(concurrency=1, prefetch=4, async_concurrency=5, lease_s=60, clock=clock)
+    if kind == "thread":  # one claim of 5 either way
+        server.handler("t")(lambda task: None)
+    else:
+        @server.handler("t")
+        async def handler(task: Task) -> None:
+            pass
+    ids = [client.enqueue(Task("t")).id for _ in range(5)]
+    server.start()
+    wait_until(lambda: server.statistics().claims >= 1)
+    assert server.statistics().claims == 1
+    wait_until(lambda: server.statistics().active == 0)
+    time.sleep(0.05)  # a negative check: none comes back to be held
+    assert server.statistics().active == 0
+    assert active(store) == 5  # their leases, not renewed, until they lapse
+    clock.now += 61
+    wait_until(lambda: sorted(t.id for t in store.list_tasks(state=State.RETRY, limit=100))
+               == sorted(ids))

@@ -1,10 +1,60 @@
-"""The background loops' shared behaviour: a failing duty is retried with back-off."""
+"""The background loops' shared behaviour: a failing duty is retried with back-off, which
+nothing but a stop cuts short — not a wake-up (the fetcher's, as places free), not a new
+outcome (the acker's) — so a store outage is not hammered by every finishing handler."""
 
 from __future__ import annotations
 
 import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
-from poolsim.queue.loops import Loop
+import numpy as np
+import pytest
+
+from poolsim.errors import BackendUnavailable
+from poolsim.queue import acker as acker_module
+from poolsim.queue.acker import Acker, Settled
+from poolsim.queue.attempts import Attempt
+from poolsim.queue.backends.base import Backend, Outcome
+from poolsim.queue.loops import Fetcher, Loop
+from poolsim.queue.task import State, TaskInfo
+from tests.queue.conftest import T0, seed_tasks
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Poll ``condition``: a guard against hangs, not a timing check."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("the condition never became true")
+        time.sleep(0.005)
+
+
+class Outage:
+    """A real store whose ``claim`` and ``finish_many`` raise ``BackendUnavailable`` while
+    ``down``; counts the calls of each."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.down = True
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        self.calls[name] += 1
+        if self.down:
+            raise BackendUnavailable("fault://", "injected outage")
+        return getattr(self.backend, name)(*args, **kwargs)
+
+    def claim(self, *args: Any, **kwargs: Any) -> list[TaskInfo]:
+        return list(self._call("claim", *args, **kwargs))
+
+    def finish_many(self, *args: Any, **kwargs: Any) -> list[bool]:
+        return list(self._call("finish_many", *args, **kwargs))
 
 
 class Failing(Loop):
@@ -46,3 +96,57 @@ def test_a_loop_survives_failures_and_resumes() -> None:
     finally:
         loop.stop(5)
     assert loop.ticks >= 4 and not loop.running
+
+
+def test_a_wake_up_does_not_cut_the_fetchers_back_off_short(backend: Backend) -> None:
+    """During an outage each freed place wakes the fetcher: it still waits out its
+    back-off before the next claim; only stop() ends the wait."""
+    outage = Outage(backend)
+    fetcher = Fetcher(outage, lambda: T0, worker="w",
+                      lease_s=60.0, weights={"default": 1}, strict=None,
+                      rng=np.random.default_rng(1), free=lambda: 5,
+                      dispatch=lambda infos: None, interval=0.01)
+    fetcher.retry_after_error = fetcher.retry_cap = 60.0  # outlasts the test
+    fetcher.start()
+    try:
+        wait_until(lambda: outage.calls["claim"] >= 1)  # failed: backing off
+        for _ in range(5):
+            fetcher.wake()  # as each finishing handler's freed place does
+            time.sleep(0.01)
+        assert outage.calls["claim"] == 1
+    finally:
+        fetcher.stop(10)
+    assert not fetcher.running  # stop() ended the back-off
+
+
+def test_new_outcomes_do_not_cut_the_ackers_back_off_short(
+        backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """During an outage each finishing handler adds an outcome: the acker still waits out
+    its back-off before writing again; stop() ends the wait and writes them all."""
+    monkeypatch.setattr(acker_module, "RETRY_FIRST_S", 60.0)  # a back-off outlasting
+    monkeypatch.setattr(acker_module, "RETRY_CAP_S", 60.0)  # the test
+    infos = seed_tasks(backend, ["active"] * 6, worker="w")
+    outage = Outage(backend)
+    written: list[tuple[str, bool | None]] = []
+
+    def done(items: Any, acked: Any) -> None:
+        writer = threading.current_thread().name
+        written.extend((writer, ok) for ok in (acked or [None] * len(items)))
+
+    acker = Acker(outage, lambda: T0, worker="w",
+                  interval=0.001, batch=1, done=done)
+    completed = Outcome(state=State.COMPLETED, status="completed")
+    acker.start()
+    try:
+        acker.add(Settled(Attempt(infos[0]), completed, None))
+        wait_until(lambda: outage.calls["finish_many"] >= 1)  # failed: backing off
+        for info in infos[1:]:
+            acker.add(Settled(Attempt(info), completed, None))  # batch 1: each notifies
+            time.sleep(0.01)
+        assert (outage.calls["finish_many"], acker.pending()) == (1, 6)
+        outage.down = False
+    finally:
+        acker.stop(10)
+    assert written == [("poolsim-acker", True)] * 6  # by the acker, its back-off ended
+    assert sorted((r.task_id, r.status) for r in backend.history()) == sorted(
+        (info.id, "completed") for info in infos)

@@ -6,11 +6,16 @@ test_backend_contract.py."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import ssl
+import string
 import subprocess
+import sys
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,12 +23,14 @@ import pytest
 import redis
 import redis.cluster
 from hypothesis import HealthCheck, given, settings
+from hypothesis import assume as hypothesis_assume
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from poolsim.errors import BackendUnavailable, ConfigError, TaskAlreadyExists, TaskNotFound
-from poolsim.queue.backends.base import Outcome, open_backend
-from poolsim.queue.backends.redis import RedisBackend, parse_url, redact_url
+from poolsim.queue.backends import redis as redis_backend
+from poolsim.queue.backends.base import Outcome, open_backend, redact_url
+from poolsim.queue.backends.redis import RedisBackend, parse_url
 from poolsim.queue.task import State
 from tests.queue.conftest import T0, make_task, tasks_in
 from tests.queue.redis_server import (
@@ -136,10 +143,33 @@ def test_history_retention_argument_wins_over_the_url() -> None:
     (f"rediss://me:{SECRET}@[::1]:1/0", "rediss://me:***@[::1]:1/0"),
     ("redis://h:1/0", "redis://h:1/0"),
     ("redis://me@h:1/0", "redis://me@h:1/0"),
-    (f"redis://:{SECRET}@[::1/0", "redis://***"),  # unparseable: all of it hidden
+    (f"redis://:{SECRET}@[::1/0", "redis://:***@[::1/0"),  # unparseable all the same
+    # unencoded / # ? @ : in a password: urllib would split there, the redaction does not
+    ("redis://:pa/ss@host:6379/0", "redis://:***@host:6379/0"),
+    ("redis://:abc#def@h/0", "redis://:***@h/0"),
+    ("redis://:1234/5678@host", "redis://:***@host"),
+    ("redis://me:a?b@c:d@h:1/0?prefix=x", "redis://me:***@h:1/0?prefix=x"),
+    ("redis://h/0?x=a:secret@b", "redis://***@b"),  # ambiguous: hidden up to the last @
+    ("redis://h:1/0?password=pw&prefix=a#f", "redis://h:1/0?password=***&prefix=a#f"),
+    (f"Redis://:{SECRET}@h/0", "Redis://:***@h/0"),
+    (f"me:{SECRET}@h:1", "me:***@h:1"),  # no scheme
+    ("sqlite:////srv/me@host/jobs.db?timeout=5", "sqlite:////srv/me@host/jobs.db?timeout=5"),
+    ("sqlite:///jobs.db", "sqlite:///jobs.db"),
 ])
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+    assert redis_backend.redact_url is redact_url  # moved to base.py, still importable
+
+
+@pytest.mark.parametrize(("url", "password"), [
+    ("redis://:pa/ss@host:6379/0", "pa/ss"), ("redis://:abc#def@h/0", "abc#def"),
+    ("redis://:1234/5678@host", "1234/5678"), ("redis://u:p@s?s:x@h:2/3", "p@s?s:x"),
+    ("redis://:p%2Fss@h/0", "p/ss"),
+])
+def test_a_password_may_hold_url_delimiters(url: str, password: str) -> None:
+    parsed = parse_url(url)
+    assert parsed.password == password
+    assert parsed.host in ("host", "h") and password not in parsed.redacted
 
 
 @pytest.mark.parametrize("url", [
@@ -151,6 +181,58 @@ def test_a_bad_url_never_shows_its_password(url: str) -> None:
         RedisBackend(url)
     assert SECRET not in str(caught.value) and SECRET not in repr(caught.value)
     assert SECRET not in repr(caught.value.value)
+
+
+def test_open_backend_never_shows_a_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError) as caught:
+        open_backend(f"Redis://:{SECRET}@h/0")  # not a scheme poolsim knows
+    assert SECRET not in str(caught.value) and caught.value.value == "Redis://:***@h/0"
+    monkeypatch.setitem(sys.modules, "poolsim.queue.backends.redis", None)  # no redis-py
+    with pytest.raises(ConfigError) as caught:
+        open_backend(f"redis://me:{SECRET}@h/0")
+    assert SECRET not in str(caught.value) and caught.value.value == "redis://me:***@h/0"
+
+
+PRINTABLE = st.text(st.sampled_from(string.ascii_letters + string.digits + string.punctuation
+                                    + " "), min_size=4, max_size=24)
+REFUSED_PORT = free_port()  # nothing listens there: enqueue fails at once
+
+
+@settings(max_examples=200, deadline=None)
+@given(password=PRINTABLE | st.sampled_from(["pa/ss", "ab#cd", "12/34", "a?b=c", "a@b:c",
+                                             "%2F%40x", "a:b/c", "s/1@x?y#z"]),
+       user=st.sampled_from(["", "me"]),
+       tail=st.sampled_from(["/0?timeout=0.2", "/0?timeout=0.2&colour=red", "/zero",
+                             ":port/0", "/1?cluster=1", "/0?password={pw}", "/0?prefix={{x}}",
+                             "/0?timeout=0.2#frag", "", "/0?ssl_keyfile=k"]),
+       scheme=st.sampled_from(["redis", "rediss", "Redis", "http"]))
+def test_no_message_ever_shows_a_password(password: str, user: str, tail: str,
+                                          scheme: str) -> None:
+    encoded = urllib.parse.quote(password, safe="")  # as a query's value must be
+    url = f"{scheme}://{user}:{password}@127.0.0.1:{REFUSED_PORT}{tail.format(pw=encoded)}"
+    if tail == ":port/0":
+        url = f"{scheme}://{user}:{password}@127.0.0.1:port/0"
+    secrets = {password, encoded}
+    hypothesis_assume(not any(s in url.replace(password, "***").replace(encoded, "***")
+                              for s in secrets))
+    shown: list[str] = [redact_url(url)]
+    for attempt in (parse_url, open_backend):
+        try:
+            result = attempt(url)
+        except ConfigError as exc:
+            shown += [str(exc), repr(exc), repr(exc.value)]
+            continue
+        shown += [repr(result)]
+        if isinstance(result, RedisBackend):
+            shown += [result.url, repr(vars(result))]
+            try:
+                result.enqueue(make_task(), now=T0)
+            except BackendUnavailable as exc:
+                shown += [str(exc), repr(exc), exc.url, exc.reason]
+            finally:
+                result.close()
+    for text in shown:
+        assert not any(secret in text for secret in secrets)
 
 
 def test_the_backend_never_shows_its_password() -> None:
@@ -275,6 +357,54 @@ def test_an_unreachable_server_is_backend_unavailable() -> None:
             backend.claim(["default"], worker=W1, now=T0, lease_s=30, limit=1)
 
 
+def test_a_busy_server_is_backend_unavailable(tmp_path: Path) -> None:
+    """A script running past ``busy-reply-threshold`` makes Redis answer ``BUSY`` to
+    everyone else: transient, so ``BackendUnavailable`` (the acker retries it)."""
+    with redis_server(tmp_path, extra=["--busy-reply-threshold", "10"]) as busy, \
+            redis.Redis(port=busy.port, decode_responses=True) as admin, \
+            store(busy.url) as backend:
+        run_one(backend)
+
+        def spin() -> None:
+            with redis.Redis(port=busy.port) as looper, \
+                    contextlib.suppress(redis.ResponseError):
+                looper.eval("while true do end", 0)  # until SCRIPT KILL
+
+        thread = threading.Thread(target=spin, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:  # until the server answers BUSY
+                try:
+                    admin.ping()
+                except redis.ResponseError as exc:
+                    assert str(exc).startswith("BUSY")
+                    break
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            with pytest.raises(BackendUnavailable, match="BUSY"):
+                backend.stats(now=T0)
+            with pytest.raises(BackendUnavailable, match="BUSY"):
+                backend.finish_many([("x", DONE)], worker=W1, now=T0, leases=["default/x:1"])
+        finally:
+            while thread.is_alive():
+                with contextlib.suppress(redis.ResponseError):
+                    admin.script_kill()
+                thread.join(0.1)
+        assert [s.processed_today for s in backend.stats(now=T0)] == [1]
+
+
+def test_a_replica_without_its_master_is_backend_unavailable(tmp_path: Path) -> None:
+    """``MASTERDOWN`` (a stale replica that will not serve) is transient too."""
+    with redis_server(tmp_path) as replica, store(replica.url) as backend:
+        run_one(backend)
+        with redis.Redis(port=replica.port) as admin:
+            admin.config_set("replica-serve-stale-data", "no")
+            admin.replicaof("127.0.0.1", free_port())  # a master that is not there
+        with pytest.raises(BackendUnavailable, match="MASTERDOWN"):
+            backend.stats(now=T0)
+
+
 def test_a_closed_backend_is_backend_unavailable(server: RedisServer) -> None:
     backend = RedisBackend(server.url)
     run_one(backend)
@@ -316,6 +446,47 @@ def test_another_process_finds_a_task_by_id_alone(server: RedisServer) -> None:
             worker.act(a, "requeue", now=T0)
 
 
+def test_one_id_in_two_queues_claimed_by_one_server(server: RedisServer) -> None:
+    """Ids are unique per queue: a server holding the same id from two queues renews,
+    finishes and hands back each claim in its own queue (the token names it)."""
+    with store(server.url) as backend:
+        for queue in ("a", "b", "c/d"):
+            backend.enqueue(make_task(id="same", queue=queue), now=T0)
+        claimed = backend.claim(["a", "b", "c/d"], worker=W1, now=T0, lease_s=30, limit=3)
+        assert [(t.id, t.queue) for t in claimed] == [("same", "a"), ("same", "b"),
+                                                      ("same", "c/d")]
+        tokens = [str(t.lease) for t in claimed]
+        ids = [t.id for t in claimed]
+        assert backend.renew(ids, worker=W1, until=T0 + 60, leases=tokens) == tokens
+        assert backend.recover(now=T0 + 45) == 0  # every renewal reached its own queue
+        assert backend.finish_many([("same", DONE), ("same", DONE)], worker=W1, now=T0 + 1,
+                                   leases=tokens[:2]) == [True, True]
+        assert backend.hand_back(["same"], worker=W1, now=T0 + 1, leases=tokens[2:]) == 1
+        assert sorted((h.queue, h.status) for h in backend.history()) == [
+            ("a", "completed"), ("b", "completed"), ("c/d", "returned")]
+        assert backend.renew(ids, worker=W1, until=T0 + 90, leases=tokens) == []
+
+
+def test_a_claim_returns_what_it_took_when_a_later_queue_fails(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Queue ``a``'s script succeeds, queue ``b``'s is refused (an ACL user allowed only
+    ``a``'s keys): a's tasks come back with their tokens, not stranded under the worker."""
+    acl = ["--user", "onlya", "on", f">{SECRET}", "~poolsim:{a}:*", "+@all"]
+    with redis_server(tmp_path, extra=acl) as limited, store(limited.url) as admin, \
+            store(f"redis://onlya:{SECRET}@127.0.0.1:{limited.port}/0") as backend:
+        a = [admin.enqueue(make_task(queue="a", max_retry=0), now=T0).id for _ in range(2)]
+        admin.enqueue(make_task(queue="b"), now=T0)
+        with caplog.at_level(logging.WARNING, logger="poolsim.queue"):
+            got = backend.claim(["a", "b"], worker=W1, now=T0, lease_s=30, limit=5)
+        assert [t.id for t in got] == a
+        assert "queue 'b' failed after 2 task(s)" in caplog.text
+        assert backend.finish_many([(t.id, DONE) for t in got], worker=W1, now=T0 + 1,
+                                   leases=[str(t.lease) for t in got]) == [True, True]
+        with pytest.raises(BackendUnavailable, match="NoPermissionError"):
+            backend.claim(["b", "a"], worker=W1, now=T0, lease_s=30, limit=5)  # nothing taken
+        assert [s.counts[State.PENDING] for s in admin.stats(now=T0)] == [0, 1]
+
+
 def test_payloads_are_stored_as_the_json_text_given(server: RedisServer,
                                                     raw: redis.Redis) -> None:
     text = '{"code":"__import__(\'os\').system(\'false\')","n":1}'
@@ -339,6 +510,66 @@ def test_a_forked_child_uses_its_own_connections(server: RedisServer) -> None:
         assert os.waitpid(pid, 0)[1] == 0
         assert backend.get(parent).state == State.PENDING
         assert [s.queue for s in backend.stats(now=T0)] == ["child", "default"]
+
+
+# -- bounded janitor scripts -----------------------------------------------------------
+
+def evalsha_calls(raw: redis.Redis) -> int:
+    """EVALSHA calls the server ran since the last ``CONFIG RESETSTAT``."""
+    stats = raw.info("commandstats").get("cmdstat_evalsha", {})
+    return int(stats.get("calls", 0))
+
+
+def test_forward_moves_more_due_tasks_than_one_batch(server: RedisServer,
+                                                     raw: redis.Redis) -> None:
+    """Each script moves at most ``BATCH`` tasks (Redis blocks while one runs); one
+    ``forward`` call still moves every due task, calling again while a batch was full."""
+    due = redis_backend.BATCH * 2 + 7
+    with store(server.url) as backend:
+        for n in range(due):
+            backend.enqueue(make_task(queue="a", process_at=T0 + 1 + n % 5), now=T0)
+        backend.enqueue(make_task(queue="b", process_at=T0 + 1), now=T0)
+        backend.enqueue(make_task(queue="a", process_at=T0 + 3600), now=T0)  # not due
+        assert backend.forward(now=T0) == 0  # (loads the script)
+        raw.config_resetstat()
+        assert backend.forward(now=T0 + 10) == due + 1
+        assert evalsha_calls(raw) >= 3  # a's queue: two full batches, then the rest
+        stats = {s.queue: s.counts for s in backend.stats(now=T0 + 10)}
+        assert stats["a"][State.PENDING] == due and stats["a"][State.SCHEDULED] == 1
+        assert stats["b"][State.PENDING] == 1
+        pending = backend.list_tasks(state=State.PENDING, queue="a", limit=10**6)
+        assert [t.process_at for t in pending] == sorted(t.process_at for t in pending)
+        assert backend.forward(now=T0 + 10) == 0
+
+
+def test_recover_and_forward_work_in_batches(server: RedisServer, raw: redis.Redis,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lapsed leases, due retries, expired completed tasks and old history: each in
+    batches of ``BATCH`` (3 here), all of it done by one call."""
+    monkeypatch.setattr(redis_backend, "BATCH", 3)
+    with store(server.url + "?history_retention=100") as backend:
+        for _ in range(10):
+            backend.enqueue(make_task(queue="a", retention=50), now=T0)
+        got = backend.claim(["a"], worker=W1, now=T0, lease_s=30, limit=10)
+        assert backend.finish_many([(t.id, DONE) for t in got[:4]], worker=W1, now=T0 + 1,
+                                   leases=[str(t.lease) for t in got[:4]]) == [True] * 4
+        assert backend.forward(now=T0) == 0 and backend.recover(now=T0) == 0  # (load)
+        raw.config_resetstat()
+        assert backend.recover(now=T0 + 31) == 6
+        assert evalsha_calls(raw) >= 3
+        stats = backend.stats(now=T0 + 31)[0].counts
+        assert stats[State.RETRY] == 6 and stats[State.ACTIVE] == 0
+        raw.config_resetstat()
+        assert backend.forward(now=T0 + 100) == 6  # the retries moved, the completed expired
+        assert evalsha_calls(raw) >= 3
+        stats = backend.stats(now=T0 + 100)[0].counts
+        assert stats[State.PENDING] == 6 and stats[State.COMPLETED] == 0
+        assert len(backend.history()) == 10
+        assert len(raw.keys("poolsim:{a}:t:*")) == 6
+        raw.config_resetstat()
+        assert backend.forward(now=T0 + 500) == 0  # history older than 100 s: all pruned
+        assert evalsha_calls(raw) >= 4
+        assert backend.history() == []
 
 
 # -- TLS --------------------------------------------------------------------------------
@@ -422,6 +653,11 @@ def test_a_cluster_keeps_each_queue_in_one_slot(tmp_path: Path) -> None:
         ids = {q: [backend.enqueue(make_task(queue=q, process_at=T0 - i), now=T0).id
                    for i in range(3)] for q in queues}
         backend.enqueue(make_task(queue="q0", process_at=T0 + 5), now=T0)
+        client = backend._redis()
+        assert isinstance(client, redis.cluster.RedisCluster)
+        # No re-run of a script after a timeout (its first run may have happened):
+        assert client.cluster_error_retry_attempts == 0
+        assert client.pipeline().cluster_error_retry_attempts == 0
         got = backend.claim(queues, worker=W1, now=T0, lease_s=30, limit=20)
         assert [t.queue for t in got] == [q for q in queues for _ in range(3)][:20]
         assert [t.id for t in got[:3]] == ids["q0"][::-1]  # oldest first
@@ -449,3 +685,16 @@ def test_a_cluster_keeps_each_queue_in_one_slot(tmp_path: Path) -> None:
             assert all(cluster.cluster_keyslot(k) == slot for k in mine[:3])  # CLUSTER KEYSLOT
             node_of.setdefault(cluster.get_node_from_key(mine[0]).port, set()).add(slot)
         assert len(node_of) == 3  # the queues are spread over every node
+
+
+def test_the_queue_objects_never_show_a_password(server: RedisServer) -> None:
+    """Client, Scheduler, Server and Inspector show their store's URL redacted."""
+    from poolsim.queue import Client, Inspector, Scheduler, Server
+
+    url = f"redis://me:{SECRET}@127.0.0.1:{server.port}/0"
+    objects = [Client(url), Scheduler(url), Server(url), Inspector(url)]
+    for obj in objects:
+        assert SECRET not in repr(obj) and SECRET not in obj.url  # type: ignore[attr-defined]
+        assert obj.url == redact_url(url)  # type: ignore[attr-defined]
+    for obj in (objects[0], objects[3]):
+        obj.close()  # type: ignore[attr-defined]

@@ -19,13 +19,16 @@ Without tokens (tests, tools) those calls match on (id, ``worker``).
 from __future__ import annotations
 
 import dataclasses
+import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Literal, Protocol
 
 from poolsim.errors import ConfigError
 from poolsim.queue.task import State, TaskInfo
 
-__all__ = ["Backend", "HistoryRow", "Outcome", "QueueStats", "open_backend", "recover_backoff"]
+__all__ = ["Backend", "HistoryRow", "Outcome", "QueueStats", "open_backend", "recover_backoff",
+           "redact_url", "split_userinfo"]
 
 # A task recovered from a dead worker is due after min(cap, base * 2**retried) seconds.
 RECOVER_BACKOFF_BASE_S, RECOVER_BACKOFF_CAP_S = 1.0, 60.0
@@ -194,6 +197,54 @@ class Backend(Protocol):
         ...
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_PATH_SCHEMES = frozenset({"sqlite", "file"})  # URLs naming a file: no userinfo, nothing hidden
+_SECRET_OPTION = re.compile(r"pass|pwd|secret|token|auth|credential", re.IGNORECASE)
+
+
+def split_userinfo(url: str) -> tuple[str, str | None, str]:
+    """``url`` as (``scheme://`` or '', userinfo or None, the rest), worked out on the raw
+    text: the userinfo is everything between ``://`` and the **last** ``@``, so a password
+    holding an unencoded ``/``, ``?``, ``#``, ``@`` or ``:`` stays in it (urllib would cut it
+    at the first ``/``, ``?`` or ``#``). An ``@`` after the host must be percent-encoded
+    (``%40``), or all before it counts as userinfo. Text without a valid ``scheme://`` is
+    all "rest" (its userinfo, if any, ends at its last ``@`` all the same)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not _SCHEME.fullmatch(scheme):
+        scheme, sep, rest = "", "", url
+    userinfo, at, after = rest.rpartition("@")
+    head = f"{scheme}{sep}"
+    return (head, userinfo, after) if at else (head, None, rest)
+
+
+def redact_url(url: object) -> str:
+    """``url`` (any URL; its ``str``) with its password replaced by ``***``, safe to show.
+
+    Works on the raw text (see :func:`split_userinfo`), never on urllib's split: the user
+    name stays when it is plain (``redis://me:***@host/0``), else the whole userinfo is
+    ``***``; query options named like a secret (``password=``, ``token=``...) show
+    ``***`` as their value. File URLs (``sqlite://``, ``file://``) come back unchanged."""
+    text = str(url)
+    head, userinfo, rest = split_userinfo(text)
+    if head[:-3].lower() in _PATH_SCHEMES:
+        return text
+    shown = ""
+    if userinfo is not None:
+        user, colon, _ = userinfo.partition(":")
+        plain = not any(c in user for c in "/?#")  # else maybe part of a password
+        shown = (f"{user}:***@" if colon else f"{user}@") if plain else "***@"
+    before, question, query = rest.partition("?")
+    if question:
+        query, hash_, fragment = query.partition("#")
+        pairs = []
+        for pair in query.split("&"):
+            name, eq, _ = pair.partition("=")
+            secret = eq and _SECRET_OPTION.search(urllib.parse.unquote_plus(name))
+            pairs.append(f"{name}=***" if secret else pair)
+        rest = f"{before}?{'&'.join(pairs)}{hash_}{fragment}"
+    return f"{head}{shown}{rest}"
+
+
 def open_backend(url: str) -> Backend:
     """The backend a URL names: ``sqlite:///path/to/jobs.db`` (embedded; the default) or
     ``redis://host:6379/0`` (many machines)."""
@@ -205,6 +256,7 @@ def open_backend(url: str) -> Backend:
         try:
             from poolsim.queue.backends.redis import RedisBackend
         except ImportError as exc:
-            raise ConfigError("url", url, f"a backend poolsim has ({exc})") from None
+            raise ConfigError("url", redact_url(url), f"a backend poolsim has ({exc})") from None
         return RedisBackend(url)
-    raise ConfigError("url", url, "sqlite:///path/to/file.db or redis://host:port/db")
+    raise ConfigError("url", redact_url(url), "sqlite:///path/to/file.db or "
+                      "redis://host:port/db")

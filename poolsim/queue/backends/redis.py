@@ -10,7 +10,10 @@ names one node of a Redis Cluster) and, with ``rediss://`` only, redis-py's
 ``ssl_ca_certs``, ``ssl_ca_path``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs``
 (``none``/``optional``/``required``) and ``ssl_check_hostname``. Anything else is a
 :class:`~poolsim.errors.ConfigError` naming it. ``self.url`` is the URL with its password
-replaced by ``***``: no message, error or repr ever carries the password.
+replaced by ``***`` (:func:`~poolsim.queue.backends.base.redact_url`): no message, error or
+repr ever carries the password. The userinfo ends at the URL's last ``@``, so a password may
+hold ``/ ? # @ :`` unencoded (``%`` escapes are decoded); an ``@`` in an option's value must
+be written ``%40``.
 
 Key layout. Every key of one queue starts with ``<prefix>:{<queue>}:`` — the braces are a
 Redis hash tag, so a whole queue lives in one cluster slot and each script touches one slot.
@@ -36,8 +39,12 @@ queues never share keys. With ``T`` = ``<prefix>:{<queue>}:``:
 Every state change of one queue is one Lua script (loaded once, called by SHA): atomic.
 Times are always the caller's ``now`` passed in (never Redis ``TIME``), so tests move the
 clock; times are passed and stored as Python's exact float text. Lease tokens are fresh per
-claim: a random 128-bit nonce made in Python per claim call, plus the task's rank in it.
-Nothing ever runs a payload: it is stored as the JSON text given.
+claim: ``<encoded queue>/<nonce>:<rank>``, a random 128-bit nonce made in Python per claim
+call and queue, after the queue's encoded name (no ``/`` in it), so a call given tokens sends
+each to its own queue. :meth:`recover` and :meth:`forward` move at most ``BATCH`` (1000)
+tasks or history rows per script and step, calling a queue's script again while a batch
+came back full, so Redis never blocks long on a backlog. Nothing ever runs a payload: it is
+stored as the JSON text given.
 
 Differences from the SQLite store (the contract suite states each explicitly):
 
@@ -47,27 +54,44 @@ Differences from the SQLite store (the contract suite states each explicitly):
   changes nothing for them; a caller reusing an id in two queues gets two tasks, and the
   id-only methods (:meth:`get`, :meth:`act`...) then find the one in the queue it
   enqueued or claimed it in, else the first queue by name.
-- Methods given only task ids find each id's queue in an in-process cache (filled by
-  :meth:`enqueue` and :meth:`claim`: a server finishes what it claimed) or else look it
+- :meth:`renew`, :meth:`finish_many` and :meth:`hand_back` given ``leases`` find each
+  task's queue in its token (so a server holding one id from two queues reaches both).
+  Without tokens (tools, tests), and in :meth:`get` and :meth:`act`, each id's queue comes
+  from an in-process cache (filled by :meth:`enqueue` and :meth:`claim`) or else is looked
   up across the known queues, one pipelined round trip.
 - Calls that span queues are atomic **per queue**, not as a whole: :meth:`claim` (one script
   per queue in the order given, until ``limit`` is filled), :meth:`finish_many`,
   :meth:`renew` and :meth:`hand_back` (one script per queue, pipelined), :meth:`recover`,
   :meth:`forward` and :meth:`stats`. A crash between two queues' scripts leaves each
-  queue consistent; a claim whose reply was lost is recovered when its lease lapses.
+  queue consistent. If a later queue's claim script fails, :meth:`claim` returns what the
+  earlier queues gave (logging a warning); it raises only when nothing was taken.
+- **A claim whose reply is lost** (the read timed out, or the connection broke, after the
+  script ran) cannot be told from one that never ran: nothing is retried, and its tasks stay
+  ``active`` under the worker with tokens nobody knows until the lease lapses; then
+  :meth:`recover` moves them to retry **with an attempt counted** (a task with
+  ``max_retry=0`` is archived without having run). SQLite has no such window.
 - :meth:`history` is ordered by ``ended_at`` (ties: by queue name, then insertion); SQLite
   orders by insertion, which is the same whenever the workers' clocks agree. Ties across
   queues in :meth:`list_tasks` (equal ``process_at``) are ordered by queue name.
 - Expired unique locks are dropped by their Redis TTL, not by :meth:`forward`.
 - Durability is the server's: run it with ``appendonly yes`` (``appendfsync always`` for
   every acknowledged call to survive a crash of the server's machine).
-- With ``cluster=1``, redis-py follows ``MOVED``/``ASK`` redirections (up to three
-  attempts), so a call during a resharding may wait a few timeouts, not one.
+- With ``cluster=1``, redis-py follows ``MOVED``/``ASK`` redirections, but never runs a
+  command again after a timeout or connection error (``cluster_error_retry_attempts=0``: a
+  script's first run may have happened): a call that timed out is not run a second time,
+  nor waits four timeouts.
+- **Resharding a Redis Cluster slot while workers run is not supported**: a script declares
+  only its queue's tag key (``KEYS[1]``), not the keys it touches, so while the queue's slot
+  migrates Redis routes the script by that one key, and it may find part of the queue's keys
+  on the other node (missing, or written on the wrong side). Pause the queue's workers while
+  its slot moves.
 
 Connections: redis-py's pool, shared by threads; after ``fork`` the child's pool opens its
 own connections (redis-py checks the pid). Connection and timeout errors, cluster-down,
-``LOADING``, ``READONLY``, out-of-memory and authentication failures are raised as
-:class:`~poolsim.errors.BackendUnavailable` naming the redacted URL.
+``LOADING``, ``BUSY`` (a long script runs), ``MASTERDOWN``, ``READONLY``, out-of-memory,
+``NOPERM`` and authentication failures are raised as
+:class:`~poolsim.errors.BackendUnavailable` naming the redacted URL: transient, so the
+server's loops and acknowledgements retry them.
 """
 
 from __future__ import annotations
@@ -77,12 +101,13 @@ import dataclasses
 import hashlib
 import heapq
 import json
+import logging
 import math
 import re
 import secrets
 import threading
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, NamedTuple
 
 import redis
@@ -98,6 +123,8 @@ from poolsim.queue.backends.base import (
     Outcome,
     QueueStats,
     recover_backoff,
+    redact_url,
+    split_userinfo,
 )
 from poolsim.queue.task import State, TaskInfo
 
@@ -106,6 +133,7 @@ __all__ = ["RedisBackend", "RedisURL", "parse_url", "redact_url"]
 HISTORY_RETENTION_S = 7 * 86400.0  # history rows older than this are pruned by forward()
 DAILY_KEEP_DAYS = 2  # daily counters kept (today and yesterday): stats reads only today
 ID_CACHE_SIZE = 100_000  # id → queue entries kept in process (oldest dropped first)
+BATCH = 1000  # the most tasks (or history rows) one recover/forward script moves per step
 _OPTIONS = ("prefix", "timeout", "history_retention", "cluster")
 _SSL_OPTIONS = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
                 "ssl_check_hostname")
@@ -125,6 +153,10 @@ _SEQ_WIDTH = 16  # "%016d": a sorted-set member's insertion-order prefix
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     rexc.ConnectionError, rexc.TimeoutError, rexc.ClusterError, rexc.RedisClusterException,
     rexc.ReadOnlyError, rexc.OutOfMemoryError, rexc.TryAgainError, rexc.NoPermissionError)
+# Plain error replies that mean the same: a long script runs (BUSY), a replica lost its
+# master (MASTERDOWN), the dataset is loading (LOADING: redis-py maps it already).
+_UNAVAILABLE_REPLIES = frozenset({"BUSY", "MASTERDOWN", "LOADING"})
+_log = logging.getLogger("poolsim.queue")
 
 
 # -- Lua --------------------------------------------------------------------------------
@@ -295,12 +327,15 @@ end
 return n
 """
 
-# Tasks whose lease ended before ARGV[1] go to retry, due at ARGV[3 + min(retried, last)]
+# Tasks whose lease ended before ARGV[1] go to retry, due at ARGV[4 + min(retried, last)]
 # (now + recover_backoff(retried), made in Python), or out of retries to archived; the
-# attempt counts and the token is cleared. ARGV: now, day, due times. Returns how many.
+# attempt counts and the token is cleared. At most ARGV[3] tasks, the earliest lapsed: the
+# caller calls again while a batch came back full. ARGV: now, day, batch, due times.
+# Returns how many.
 _RECOVER = _LIB + r"""
 local now = ARGV[1]
-local lapsed = redis.call('ZRANGEBYSCORE', base .. 'lease', '-inf', '(' .. now)
+local lapsed = redis.call('ZRANGEBYSCORE', base .. 'lease', '-inf', '(' .. now,
+                          'LIMIT', 0, ARGV[3])
 for _, m in ipairs(lapsed) do
   local id = id_of(m)
   local key = task_key(id)
@@ -311,7 +346,7 @@ for _, m in ipairs(lapsed) do
     t.worker or 'None', tonumber(t.lease_until), tonumber(now))
   local state, at = 'archived', t.process_at
   if retried + 1 <= tonumber(t.max_retry) then
-    state, at = 'retry', ARGV[3 + math.min(retried, #ARGV - 3)]
+    state, at = 'retry', ARGV[4 + math.min(retried, #ARGV - 4)]
   end
   record(t, id, now, ARGV[2], state == 'retry' and 'retried' or 'failed', err)
   leave_active(key, m)
@@ -325,34 +360,41 @@ return #lapsed
 
 # The janitor: scheduled and retry tasks due by ARGV[1] become pending; completed tasks past
 # their retention are deleted; history that ended before ARGV[2] (if given) is pruned, and
-# daily counters of days before ARGV[3]. Returns how many tasks moved.
+# daily counters of days before ARGV[3]. Each step takes at most ARGV[4] (the batch) of the
+# earliest (the lowest ranks of its sorted set), so one call blocks Redis briefly; the
+# caller calls again while a step came back full. Returns {tasks moved, 1 if a step was full}.
 _FORWARD = _LIB + r"""
-local now = ARGV[1]
-local moved = 0
+local now, batch = ARGV[1], tonumber(ARGV[4])
+local moved, full = 0, 0
 for _, state in ipairs({'scheduled', 'retry'}) do
-  local due = redis.call('ZRANGEBYSCORE', state_key(state), '-inf', now, 'WITHSCORES')
+  local due = redis.call('ZRANGEBYSCORE', state_key(state), '-inf', now, 'WITHSCORES',
+                         'LIMIT', 0, batch)
   for i = 1, #due, 2 do
     redis.call('HSET', task_key(id_of(due[i])), 'state', 'pending')
     redis.call('ZADD', state_key('pending'), due[i + 1], due[i])
   end
-  if #due > 0 then redis.call('ZREMRANGEBYSCORE', state_key(state), '-inf', now) end
+  if #due > 0 then redis.call('ZREMRANGEBYRANK', state_key(state), 0, #due / 2 - 1) end
+  if #due / 2 >= batch then full = 1 end
   moved = moved + #due / 2
 end
-local expired = redis.call('ZRANGEBYSCORE', base .. 'expire', '-inf', now)
+local expired = redis.call('ZRANGEBYSCORE', base .. 'expire', '-inf', now, 'LIMIT', 0, batch)
 for _, m in ipairs(expired) do
   redis.call('DEL', task_key(id_of(m)))
   redis.call('ZREM', state_key('completed'), m)
 end
-if #expired > 0 then redis.call('ZREMRANGEBYSCORE', base .. 'expire', '-inf', now) end
+if #expired > 0 then redis.call('ZREMRANGEBYRANK', base .. 'expire', 0, #expired - 1) end
+if #expired >= batch then full = 1 end
 if ARGV[2] ~= '' then
-  redis.call('ZREMRANGEBYSCORE', base .. 'history', '-inf', '(' .. ARGV[2])
+  local old = redis.call('ZCOUNT', base .. 'history', '-inf', '(' .. ARGV[2])
+  if old > 0 then redis.call('ZREMRANGEBYRANK', base .. 'history', 0, math.min(old, batch) - 1) end
+  if old > batch then full = 1 end
 end
 for _, field in ipairs(redis.call('HKEYS', base .. 'daily')) do
   if tonumber(string.match(field, '^%d+')) < tonumber(ARGV[3]) then
     redis.call('HDEL', base .. 'daily', field)
   end
 end
-return moved
+return {moved, full}
 """
 
 # The inspector's verbs on one task (an active one only once its lease lapsed). ARGV: id,
@@ -451,44 +493,39 @@ class RedisURL:
     cluster: bool
 
 
-def redact_url(url: object) -> str:
-    """``url`` with any password replaced by ``***`` (all of it hidden if unparseable)."""
-    text = str(url)
-    try:
-        parts = urllib.parse.urlsplit(text)
-        if parts.password is None:
-            return text
-    except ValueError:
-        return text.partition("://")[0] + "://***"
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
 def parse_url(url: str) -> RedisURL:
     """``redis://[[user]:password@]host:port/db?options`` (see the module doc) → its parts;
-    a bad part raises :class:`ConfigError` naming it (never showing the password)."""
+    a bad part raises :class:`ConfigError` naming it (never showing the password).
+
+    The userinfo ends at the URL's last ``@`` (:func:`~poolsim.queue.backends.base.
+    split_userinfo`, as :func:`~poolsim.queue.backends.base.redact_url` hides it), so a
+    password may hold ``/ ? # @ :`` unencoded; an ``@`` in an option's value must be
+    ``%40``. Host, port, database and options are read from what follows that ``@`` only:
+    every value an error shows is text the redacted URL shows too."""
     shown = redact_url(url)
     if not isinstance(url, str) or not url.startswith(("redis://", "rediss://")):
         raise ConfigError("url", shown, "redis://[[user]:password@]host:port/db or rediss://...")
+    head, userinfo, rest = split_userinfo(url)
     try:
-        parts = urllib.parse.urlsplit(url)
+        parts = urllib.parse.urlsplit("//" + rest)
         port = parts.port or 6379
-    except ValueError as exc:
-        raise ConfigError("url", shown, f"a valid host and port ({exc})") from None
+    except ValueError:  # (its message may quote the URL: never shown)
+        raise ConfigError("url", shown, "a valid host and port (host:6379 or [::1]:6379)"
+                          ) from None
     db_text = parts.path.lstrip("/") or "0"
     if not db_text.isdigit():
         raise ConfigError("db", db_text, "a database number >= 0 (the URL's path: /0)")
     options = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
-    tls = parts.scheme == "rediss"
+    tls = head == "rediss://"
+    user, colon, password = (userinfo or "").partition(":")
     _check_option_names(options, shown, tls)
     cluster = _flag("cluster", options.get("cluster", "0"))
     if cluster and int(db_text) != 0:
         raise ConfigError("db", int(db_text), "0 with cluster=1 (a cluster has one database)")
     return RedisURL(
         redacted=shown, host=parts.hostname or "localhost", port=port, db=int(db_text),
-        username=urllib.parse.unquote(parts.username) if parts.username else None,
-        password=None if parts.password is None else urllib.parse.unquote(parts.password),
+        username=urllib.parse.unquote(user) if user else None,
+        password=urllib.parse.unquote(password) if colon else None,
         tls=tls, ssl=_ssl_options(options), prefix=_prefix(options.get("prefix", "poolsim")),
         timeout=_timeout(options.get("timeout", "5")),
         history_retention=_retention(options.get("history_retention",
@@ -499,12 +536,26 @@ def parse_url(url: str) -> RedisURL:
 def _check_option_names(options: dict[str, str], shown: str, tls: bool) -> None:
     known = _OPTIONS + _SSL_OPTIONS
     unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ConfigError("url", shown, f"known options are {', '.join(known)} "
-                          f"(not {', '.join(unknown)})")
+    if unknown:  # their values hidden: a misplaced ``?password=...`` is not shown
+        raise ConfigError("url", _hide_values(shown, unknown),
+                          f"known options are {', '.join(known)} (not {', '.join(unknown)})")
     for name in options:
         if name in _SSL_OPTIONS and not tls:
             raise ConfigError(name, options[name], "an option of rediss:// (TLS) URLs only")
+
+
+def _hide_values(shown: str, names: Sequence[str]) -> str:
+    """The redacted URL ``shown`` with the values of the options ``names`` as ``***``."""
+    before, question, query = shown.partition("?")
+    if not question:
+        return shown
+    query, hash_, fragment = query.partition("#")
+    pairs = []
+    for pair in query.split("&"):
+        name, eq, _ = pair.partition("=")
+        hidden = eq and urllib.parse.unquote_plus(name) in names
+        pairs.append(f"{name}=***" if hidden else pair)
+    return f"{before}?{'&'.join(pairs)}{hash_}{fragment}"
 
 
 def _ssl_options(options: dict[str, str]) -> dict[str, Any]:
@@ -598,6 +649,20 @@ def _decode_task(flat: Sequence[str]) -> TaskInfo:
     return TaskInfo(**values)
 
 
+def _encode_queue(queue: str) -> str:
+    """A queue's name as it appears in keys and lease tokens: percent-encoded (no ``{ } : /
+    %``...), the empty name ``%`` (which no encoded name can be)."""
+    return urllib.parse.quote(queue, safe="") or "%"
+
+
+def _token_queue(token: str) -> str | None:
+    """The queue a claim token names (:meth:`RedisBackend.claim`), None if it names none."""
+    encoded, slash, _ = token.partition("/")
+    if not slash:
+        return None
+    return "" if encoded == "%" else urllib.parse.unquote(encoded)
+
+
 def _tokens(ids: Sequence[str], leases: Sequence[str] | None) -> list[str]:
     """``leases`` checked: one claim token (a string) per id; '' for each without them."""
     if leases is None:
@@ -669,7 +734,12 @@ class RedisBackend:
         if p.tls:
             options["ssl"] = True
         if p.cluster:
-            cluster: redis.cluster.RedisCluster = redis.cluster.RedisCluster(**options)
+            # No retry of a command (or pipeline) after a timeout or connection error: its
+            # first run may have happened, and a script must not run twice (a claim's tasks
+            # stranded, an enqueue reported as a duplicate); nor may a call wait 4 timeouts.
+            # MOVED/ASK redirections are followed all the same (a separate loop).
+            cluster: redis.cluster.RedisCluster = redis.cluster.RedisCluster(
+                cluster_error_retry_attempts=0, **options)
             return cluster
         return redis.Redis(db=p.db, **options)
 
@@ -686,6 +756,11 @@ class RedisBackend:
         except _UNAVAILABLE as exc:
             raise BackendUnavailable(self.url, f"{type(exc).__name__}: "
                                      f"{self._scrub(exc)}") from None
+        except rexc.ResponseError as exc:
+            if str(exc).partition(" ")[0] not in _UNAVAILABLE_REPLIES:
+                raise
+            raise BackendUnavailable(self.url, f"{type(exc).__name__}: "
+                                     f"{self._scrub(exc)}") from None
 
     def _scrub(self, exc: BaseException) -> str:
         text, secret = str(exc), self._parsed.password
@@ -693,7 +768,7 @@ class RedisBackend:
 
     def _base(self, queue: str) -> str:
         """The queue's key prefix: ``<prefix>:{<encoded queue>}:`` (one hash slot)."""
-        return f"{self.prefix}:{{{urllib.parse.quote(queue, safe='') or '%'}}}:"
+        return f"{self.prefix}:{{{_encode_queue(queue)}}}:"
 
     def _eval(self, script: _Script, queue: str, args: Sequence[str]) -> Any:
         """One script on one queue (loading it first if the server lacks it)."""
@@ -782,14 +857,25 @@ class RedisBackend:
         if found is not None and found != cached:
             yield found
 
-    def _by_queue(self, ids: Sequence[str]) -> dict[str, list[int]]:
-        """The positions of ``ids`` grouped by the queue holding each (found ones only)."""
-        where = self._locate(ids)
+    def _by_queue(self, ids: Sequence[str],
+                  leases: Sequence[str] | None) -> dict[str, list[int]]:
+        """The positions of ``ids`` grouped by queue, in order: with ``leases``, the queue
+        each claim token names (so one id claimed in two queues reaches both); without
+        (or for a token naming none), the queue holding the id (found ones only)."""
         groups: dict[str, list[int]] = {}
-        for n, task_id in enumerate(ids):
-            if task_id in where:
-                groups.setdefault(where[task_id], []).append(n)
-        return groups
+        unrouted = []
+        for n in range(len(ids)):
+            queue = None if leases is None else _token_queue(leases[n])
+            if queue is None:
+                unrouted.append(n)
+            else:
+                groups.setdefault(queue, []).append(n)
+        if unrouted:
+            where = self._locate([ids[n] for n in unrouted])
+            for n in unrouted:
+                if ids[n] in where:
+                    groups.setdefault(where[ids[n]], []).append(n)
+        return {queue: sorted(ns) for queue, ns in groups.items()}
 
     # -- the protocol -----------------------------------------------------------------
 
@@ -818,14 +904,26 @@ class RedisBackend:
               limit: int) -> list[TaskInfo]:
         """Lease up to ``limit`` pending tasks from ``queues`` in order (paused ones
         skipped), oldest first: one script per queue until ``limit`` is filled, each
-        returning its tasks' fields (one round trip per queue)."""
+        returning its tasks' fields (one round trip per queue). Each token starts with its
+        queue, ``<encoded queue>/<128-bit nonce>:<rank>``, which routes the calls given it.
+
+        If a queue's script fails (:class:`BackendUnavailable`) after earlier queues gave
+        tasks, those are returned (a warning logged), not lost to the caller; it raises
+        only when nothing was taken."""
         taken: list[TaskInfo] = []
         for queue in dict.fromkeys(queues):
             if len(taken) >= limit:
                 break
             args = [worker, _num(now), _num(now + lease_s), str(limit - len(taken)),
-                    secrets.token_hex(16)]
-            [rows] = self._eval_many([(CLAIM, queue, args)])
+                    f"{_encode_queue(queue)}/{secrets.token_hex(16)}"]
+            try:
+                [rows] = self._eval_many([(CLAIM, queue, args)])
+            except BackendUnavailable as exc:
+                if not taken:
+                    raise
+                _log.warning("claim: queue %r failed after %d task(s) were claimed from "
+                             "earlier queues; returning those: %s", queue, len(taken), exc)
+                break
             for flat in rows:
                 info = _decode_task(flat)
                 self._remember(info.id, queue)
@@ -838,7 +936,7 @@ class RedisBackend:
         tokens still held, else the ids ``worker`` still holds; in the order given."""
         tokens = _tokens(ids, leases)
         mode = "worker" if leases is None else "lease"
-        groups = self._by_queue(ids)
+        groups = self._by_queue(ids, leases)
         calls = [(RENEW, queue, [_num(until), mode, worker,
                                  *(x for n in ns for x in (ids[n], tokens[n]))])
                  for queue, ns in groups.items()]
@@ -861,7 +959,7 @@ class RedisBackend:
         ids = [task_id for task_id, _ in outcomes]
         tokens = _tokens(ids, leases)
         mode = "worker" if leases is None else "lease"
-        groups = self._by_queue(ids)
+        groups = self._by_queue(ids, leases)
         calls = []
         for queue, ns in groups.items():
             args = [_num(now), _day(now), mode, worker]
@@ -886,28 +984,44 @@ class RedisBackend:
         mode = "worker" if leases is None else "lease"
         calls = [(HAND_BACK, queue, [_num(now), _day(now), mode, worker,
                                      *(x for n in ns for x in (ids[n], tokens[n]))])
-                 for queue, ns in self._by_queue(ids).items()]
+                 for queue, ns in self._by_queue(ids, leases).items()]
         return sum(self._eval_many(calls)) if calls else 0
 
     def recover(self, *, now: float) -> int:
         """Lapsed leases → retry (due after
         :func:`~poolsim.queue.backends.base.recover_backoff`) or archived; one script per
-        known queue, pipelined. Returns how many."""
+        known queue, pipelined, at most :data:`BATCH` tasks each, again for the queues
+        whose batch was full until none is. Returns how many."""
         dues = [_num(now + recover_backoff(k)) for k in range(_BACKOFF_STEPS)]
-        return self._each_queue(RECOVER, [_num(now), _day(now), *dues])
+        return self._each_queue(RECOVER, [_num(now), _day(now), str(BATCH), *dues],
+                                lambda n: (int(n), int(n) >= BATCH))
 
     def forward(self, *, now: float) -> int:
         """Due scheduled/retry tasks → pending; completed tasks past retention and history
-        older than ``history_retention`` deleted (the janitor). Returns how many moved."""
+        older than ``history_retention`` deleted (the janitor). Each script moves at most
+        :data:`BATCH` of each kind; a queue's is called again while a batch was full.
+        Returns how many moved."""
         cutoff = (_num(now - self.history_retention)
                   if math.isfinite(self.history_retention) else "")
         keep_from = str(int(_day(now)) - DAILY_KEEP_DAYS + 1)
-        return self._each_queue(FORWARD, [_num(now), cutoff, keep_from])
+        return self._each_queue(FORWARD, [_num(now), cutoff, keep_from, str(BATCH)],
+                                lambda r: (int(r[0]), bool(r[1])))
 
-    def _each_queue(self, script: _Script, args: Sequence[str]) -> int:
-        """``script`` on every known queue (pipelined); the sum of its counts."""
-        calls = [(script, queue, args) for queue in self._known_queues()]
-        return int(sum(self._eval_many(calls))) if calls else 0
+    def _each_queue(self, script: _Script, args: Sequence[str],
+                    count: Callable[[Any], tuple[int, bool]]) -> int:
+        """``script`` on every known queue (pipelined), again on those whose reply
+        ``count`` says was a full batch, until none was; the sum of its counts."""
+        total, queues = 0, self._known_queues()
+        while queues:
+            results = self._eval_many([(script, queue, args) for queue in queues])
+            again = []
+            for queue, result in zip(queues, results, strict=True):
+                n, full = count(result)
+                total += n
+                if full:
+                    again.append(queue)
+            queues = again
+        return total
 
     def stats(self, *, now: float) -> list[QueueStats]:
         """Every queue ever enqueued to or paused, sorted by name."""
