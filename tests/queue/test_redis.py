@@ -401,7 +401,7 @@ def test_a_replica_without_its_master_is_backend_unavailable(tmp_path: Path) -> 
         with redis.Redis(port=replica.port) as admin:
             admin.config_set("replica-serve-stale-data", "no")
             admin.replicaof("127.0.0.1", free_port())  # a master that is not there
-        with pytest.raises(BackendUnavailable, match="MASTERDOWN"):
+        with pytest.raises(BackendUnavailable, match=r"MASTERDOWN|MasterDownError"):
             backend.stats(now=T0)
 
 
@@ -656,8 +656,8 @@ def test_a_cluster_keeps_each_queue_in_one_slot(tmp_path: Path) -> None:
         client = backend._redis()
         assert isinstance(client, redis.cluster.RedisCluster)
         # No re-run of a script after a timeout (its first run may have happened):
-        assert client.cluster_error_retry_attempts == 0
-        assert client.pipeline().cluster_error_retry_attempts == 0
+        assert cluster_retries(client) == 0
+        assert cluster_retries(client.pipeline()) == 0
         got = backend.claim(queues, worker=W1, now=T0, lease_s=30, limit=20)
         assert [t.queue for t in got] == [q for q in queues for _ in range(3)][:20]
         assert [t.id for t in got[:3]] == ids["q0"][::-1]  # oldest first
@@ -698,3 +698,11 @@ def test_the_queue_objects_never_show_a_password(server: RedisServer) -> None:
         assert obj.url == redact_url(url)  # type: ignore[attr-defined]
     for obj in (objects[0], objects[3]):
         obj.close()  # type: ignore[attr-defined]
+
+
+def cluster_retries(client: object) -> int:
+    """How often a cluster client (or pipeline) re-runs a command after a timeout or a
+    connection error: redis-py 5 counts it itself, later versions in their ``retry``."""
+    if hasattr(client, "cluster_error_retry_attempts"):
+        return int(client.cluster_error_retry_attempts)
+    return int(client.retry.get_retries())  # type: ignore[attr-defined]

@@ -155,6 +155,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     rexc.ReadOnlyError, rexc.OutOfMemoryError, rexc.TryAgainError, rexc.NoPermissionError)
 # Plain error replies that mean the same: a long script runs (BUSY), a replica lost its
 # master (MASTERDOWN), the dataset is loading (LOADING: redis-py maps it already).
+_REDIS_PY = int(redis.__version__.split(".")[0])  # the installed redis-py's major version
 _UNAVAILABLE_REPLIES = frozenset({"BUSY", "MASTERDOWN", "LOADING"})
 _log = logging.getLogger("poolsim.queue")
 
@@ -738,8 +739,11 @@ class RedisBackend:
             # first run may have happened, and a script must not run twice (a claim's tasks
             # stranded, an enqueue reported as a duplicate); nor may a call wait 4 timeouts.
             # MOVED/ASK redirections are followed all the same (a separate loop).
+            # redis-py 6 and later take that from ``retry`` (in ``options``); redis-py 5 has
+            # its own cluster-level count.
+            legacy = {"cluster_error_retry_attempts": 0} if _REDIS_PY < 6 else {}
             cluster: redis.cluster.RedisCluster = redis.cluster.RedisCluster(
-                cluster_error_retry_attempts=0, **options)
+                **legacy, **options)
             return cluster
         return redis.Redis(db=p.db, **options)
 
