@@ -741,7 +741,7 @@ class RedisBackend:
             # MOVED/ASK redirections are followed all the same (a separate loop).
             # redis-py 6 and later take that from ``retry`` (in ``options``); redis-py 5 has
             # its own cluster-level count.
-            legacy = {"cluster_error_retry_attempts": 0} if _REDIS_PY < 6 else {}
+            legacy: dict[str, Any] = {"cluster_error_retry_attempts": 0} if _REDIS_PY < 6 else {}
             cluster: redis.cluster.RedisCluster = redis.cluster.RedisCluster(
                 **legacy, **options)
             return cluster
