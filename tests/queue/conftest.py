@@ -8,6 +8,7 @@ session's own ``redis-server``, started on a free loopback port).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -59,6 +60,27 @@ def backend(queue_url: str) -> Iterator[Backend]:
     store = open_backend(queue_url)
     yield store
     store.close()
+
+
+@pytest.fixture
+def url(queue_url: str) -> str:
+    """``queue_url`` under the name the server-level tests use."""
+    return queue_url
+
+
+@pytest.fixture
+def store(backend: Backend) -> Backend:
+    """``backend`` under the name the server-level tests use: a view on the same store."""
+    return backend
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Poll ``condition``: a guard against hangs, not a timing check."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("the condition never became true")
+        time.sleep(0.005)
 
 
 def make_task(*, type: str = "t", payload: str = "{}", queue: str = "default",

@@ -20,43 +20,22 @@ from poolsim.jobs import JobContext, current_job
 from poolsim.pool import WorkerPool
 from poolsim.queue import Client, Server, State, Task
 from poolsim.queue.attempts import Attempt, Attempts
-from poolsim.queue.backends.base import Backend, open_backend
+from poolsim.queue.backends.base import Backend
 from poolsim.queue.coroutines import Coroutines
 from poolsim.queue.loops import Fetcher
 from poolsim.queue.runner import Runner
 from poolsim.queue.task import TaskInfo
-from tests.queue.conftest import corrupt_payload
+from tests.queue.conftest import corrupt_payload, wait_until
 
 T0 = 1_700_000_000.0
 FAST = {"poll_interval": 0.01, "forward_interval": 0.01, "recover_interval": 0.01,
         "renew_interval": 0.01}
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Poll ``condition``: a guard against hangs, not a timing check."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("the condition never became true")
-        time.sleep(0.005)
-
-
-@pytest.fixture
-def url(queue_url: str) -> str:
-    return queue_url
-
-
 @pytest.fixture
 def client(url: str) -> Iterator[Client]:
     with Client(url, clock=lambda: T0) as c:
         yield c
-
-
-@pytest.fixture
-def store(url: str) -> Iterator[Backend]:
-    backend = open_backend(url)
-    yield backend
-    backend.close()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,16 +19,7 @@ from poolsim.queue.attempts import Attempt
 from poolsim.queue.backends.base import Backend, Outcome
 from poolsim.queue.loops import Fetcher, Loop
 from poolsim.queue.task import State, TaskInfo
-from tests.queue.conftest import T0, seed_tasks
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Poll ``condition``: a guard against hangs, not a timing check."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("the condition never became true")
-        time.sleep(0.005)
+from tests.queue.conftest import T0, seed_tasks, wait_until
 
 
 class Outage:

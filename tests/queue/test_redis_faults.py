@@ -16,6 +16,7 @@ import pytest
 from poolsim.errors import BackendUnavailable
 from poolsim.queue import Client, Server, State, Task
 from poolsim.queue.backends.base import open_backend
+from tests.queue.conftest import wait_until
 from tests.queue.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -42,14 +43,6 @@ except BackendUnavailable as exc:
 """
 
 
-def wait_for(condition: object, timeout: float = 60.0) -> None:
-    """Poll ``condition()`` every 20 ms until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {condition}"
-        time.sleep(0.02)
-
-
 @pytest.mark.timeout(120)
 def test_every_acknowledged_enqueue_survives_a_sigkill_of_redis(tmp_path: Path) -> None:
     redis = RedisServer(tmp_path / "redis", aof=True).start()
@@ -57,7 +50,7 @@ def test_every_acknowledged_enqueue_survives_a_sigkill_of_redis(tmp_path: Path) 
     try:
         enqueuer = subprocess.Popen([sys.executable, "-c", ENQUEUER, url, str(log)],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        wait_for(lambda: log.exists() and log.read_text().count("\n") >= 300)
+        wait_until(lambda: log.exists() and log.read_text().count("\n") >= 300)
         redis.kill()  # mid-burst: the enqueuer is between two enqueues, or inside one
         out, err = enqueuer.communicate(timeout=60)
         assert enqueuer.returncode == 3, err.decode()
@@ -108,7 +101,7 @@ def test_a_server_rides_out_a_redis_outage(tmp_path: Path) -> None:
         redis.start()
         store = open_backend(url)
         try:
-            wait_for(lambda: len([r for r in store.history() if r.status == "completed"])
+            wait_until(lambda: len([r for r in store.history() if r.status == "completed"])
                      == 12)
             rows = store.history()
             stats = server.statistics()

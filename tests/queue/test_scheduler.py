@@ -42,11 +42,6 @@ class Clock:
         return self.t
 
 
-@pytest.fixture
-def url(queue_url: str) -> str:
-    return queue_url
-
-
 def run_ticks(scheduler: Scheduler, clock: Clock, until: float, step: float) -> list[str]:
     """Tick every ``step`` seconds up to ``until``; the UTC times of the ticks enqueued."""
     enqueued = []

@@ -24,10 +24,10 @@ from poolsim.errors import ConfigError, PayloadError, QueueError
 from poolsim.jobs import current_job
 from poolsim.queue import Client, Server, SkipRetry, State, Task
 from poolsim.queue.attempts import ExponentialBackoff
-from poolsim.queue.backends.base import Backend, HistoryRow, open_backend
+from poolsim.queue.backends.base import Backend, HistoryRow
 from poolsim.queue.loops import claim_plan, queue_order
 from poolsim.queue.task import Retry, TaskInfo
-from tests.queue.conftest import corrupt_payload
+from tests.queue.conftest import corrupt_payload, wait_until
 
 T0 = 1_700_000_000.0
 FAST = {"poll_interval": 0.01, "forward_interval": 0.01, "recover_interval": 0.01,
@@ -47,20 +47,6 @@ class Clock:
         self.now += seconds
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Poll ``condition``: a guard against hangs, not a timing check."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("the condition never became true")
-        time.sleep(0.005)
-
-
-@pytest.fixture
-def url(queue_url: str) -> str:
-    return queue_url
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
@@ -70,13 +56,6 @@ def clock() -> Clock:
 def client(url: str, clock: Clock) -> Iterator[Client]:
     with Client(url, clock=clock) as c:
         yield c
-
-
-@pytest.fixture
-def store(url: str) -> Iterator[Backend]:
-    backend = open_backend(url)
-    yield backend
-    backend.close()
 
 
 class Servers:

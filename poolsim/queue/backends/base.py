@@ -27,8 +27,8 @@ from typing import Literal, Protocol
 from poolsim.errors import ConfigError
 from poolsim.queue.task import State, TaskInfo
 
-__all__ = ["Backend", "HistoryRow", "Outcome", "QueueStats", "open_backend", "recover_backoff",
-           "redact_url", "split_userinfo"]
+__all__ = ["Backend", "HistoryRow", "Outcome", "QueueStats", "as_stored", "open_backend",
+           "recover_backoff", "redact_url", "split_userinfo"]
 
 # A task recovered from a dead worker is due after min(cap, base * 2**retried) seconds.
 RECOVER_BACKOFF_BASE_S, RECOVER_BACKOFF_CAP_S = 1.0, 60.0
@@ -41,6 +41,16 @@ def recover_backoff(retried: int) -> float:
     crash-loop through the whole fleet; every backend applies this in :meth:`Backend.recover`.
     """
     return min(RECOVER_BACKOFF_CAP_S, RECOVER_BACKOFF_BASE_S * 2.0 ** min(max(retried, 0), 64))
+
+
+def as_stored(task: TaskInfo, *, now: float) -> TaskInfo:
+    """``task`` as :meth:`Backend.enqueue` stores it: ``scheduled`` if due later than ``now``,
+    else ``pending``; a ``process_at`` or ``created_at`` of 0 means ``now``; no lease."""
+    process_at = task.process_at if task.process_at > 0 else now
+    return dataclasses.replace(task, state=State.SCHEDULED if process_at > now else State.PENDING,
+                               process_at=process_at, created_at=task.created_at or now,
+                               lease_until=None, worker=None, completed_at=None,
+                               started_at=None, lease=None)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

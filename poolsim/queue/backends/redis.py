@@ -122,6 +122,7 @@ from poolsim.queue.backends.base import (
     HistoryRow,
     Outcome,
     QueueStats,
+    as_stored,
     recover_backoff,
     redact_url,
     split_userinfo,
@@ -886,15 +887,11 @@ class RedisBackend:
     def enqueue(self, task: TaskInfo, *, now: float) -> TaskInfo:
         """Store ``task`` as scheduled or pending; a live unique key or an id already in its
         queue raises :class:`TaskAlreadyExists` in the same script."""
-        process_at = task.process_at if task.process_at > 0 else now
-        state = State.SCHEDULED if process_at > now else State.PENDING
-        stored = dataclasses.replace(task, state=state, process_at=process_at,
-                                     created_at=task.created_at or now,
-                                     lease_until=None, worker=None, completed_at=None,
-                                     started_at=None, lease=None)
+        stored = as_stored(task, now=now)
         until = stored.unique_until if stored.unique_until is not None else now
         lock_ms = math.ceil((until - now) * 1000) if stored.unique_key is not None else 0
-        args = [stored.id, _num(now), state.value, _num(process_at), _opt(stored.unique_key),
+        args = [stored.id, _num(now), stored.state.value, _num(stored.process_at),
+                _opt(stored.unique_key),
                 _num(until), str(max(lock_ms, 0)), *_encode_task(stored)]
         [result] = self._eval_many([(ENQUEUE, stored.queue, args)], remember=[stored.queue])
         if result == "unique":

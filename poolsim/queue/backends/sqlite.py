@@ -56,7 +56,13 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from poolsim.errors import BackendUnavailable, ConfigError, TaskAlreadyExists, TaskNotFound
-from poolsim.queue.backends.base import HistoryRow, Outcome, QueueStats, recover_backoff
+from poolsim.queue.backends.base import (
+    HistoryRow,
+    Outcome,
+    QueueStats,
+    as_stored,
+    recover_backoff,
+)
 from poolsim.queue.task import State, TaskInfo
 
 __all__ = ["SQLiteBackend"]
@@ -404,12 +410,7 @@ class SQLiteBackend:
     def enqueue(self, task: TaskInfo, *, now: float) -> TaskInfo:
         """Insert ``task`` as scheduled or pending; a live unique key or a reused id raises
         :class:`TaskAlreadyExists` in the same transaction."""
-        process_at = task.process_at if task.process_at > 0 else now
-        state = State.SCHEDULED if process_at > now else State.PENDING
-        stored = dataclasses.replace(task, state=state, process_at=process_at,
-                                     created_at=task.created_at or now,
-                                     lease_until=None, worker=None, completed_at=None,
-                                     started_at=None, lease=None)
+        stored = as_stored(task, now=now)
 
         def body(conn: sqlite3.Connection) -> None:
             if stored.unique_key is not None:
